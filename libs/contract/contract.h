@@ -1,0 +1,63 @@
+/* contract.h: C validators for the JSON contracts in proto/.
+ *
+ * Each validator gives exactly the verdict of the JSON Schema in proto/ (checked on every fixture
+ * in proto/examples/ by tests/unit/contract, with Python's jsonschema as the referee). A breaking
+ * change is a new contract version, never an edit.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define CONTRACT_READING_V1        "sensor_reading.v1"
+#define CONTRACT_SENSOR_ID_MAX     64
+#define CONTRACT_UNIT_MAX          16
+#define CONTRACT_TAGS_MAX          16
+#define CONTRACT_TAG_KEY_MAX       32
+#define CONTRACT_TAG_VALUE_MAX     64
+
+/** Why a document was rejected: a JSON Pointer into it and a sentence. */
+typedef struct contract_error {
+    char pointer[96]; /* "/sensor_id", "" for the root */
+    char reason[160]; /* "must be a string of 1-64 characters [A-Za-z0-9._:-]" */
+} contract_error_t;
+
+/** A valid sensor_reading.v1, normalised. */
+typedef struct contract_reading {
+    bool has_id;
+    char id[37];                                 /* lower-case UUID when has_id */
+    char sensor_id[CONTRACT_SENSOR_ID_MAX + 1];
+    bool has_ts;
+    int64_t ts_us;                               /* microseconds since the epoch, UTC */
+    double value;
+    bool has_unit;
+    char unit[CONTRACT_UNIT_MAX + 1];
+    json_t *tags;                                /* borrowed from the validated document, or NULL */
+} contract_reading_t;
+
+/**
+ * Validates @doc against sensor_reading.v1. Returns 0 and fills @ret_reading (when not NULL), or
+ * -EINVAL and describes the first violation in @ret_error (when not NULL). @doc is borrowed.
+ */
+int contract_reading_validate(const json_t *doc, contract_reading_t *ret_reading,
+                              contract_error_t *ret_error);
+
+/**
+ * Parses an RFC 3339 date-time ("2026-11-23T09:40:01.5Z", "...+01:00") as the schema's
+ * `format: date-time` does (real calendar dates, leap years, seconds 00-60), into microseconds
+ * since the epoch. 0 or -EINVAL.
+ */
+int contract_parse_rfc3339(const char *s, int64_t *ret_us);
+
+/** Formats @us as "YYYY-MM-DDTHH:MM:SS.ffffffZ" into @buf (at least 28 bytes). */
+void contract_format_rfc3339(int64_t us, char *buf, size_t size);
+
+/**
+ * Serialises a reading as the canonical sensor_reading.v1 JSON document put on Kafka: id and ts
+ * always present (the caller fills them when the device sent none). Returns a malloc'd string
+ * the caller frees, or NULL on ENOMEM.
+ */
+char *contract_reading_dump(const contract_reading_t *reading);
