@@ -34,9 +34,9 @@ typedef struct bus_record {
     size_t key_len;
     const void *value;
     size_t value_len;
-    int64_t timestamp_ms;            /* -1 when the record has none */
-    const rd_kafka_message_t *rkm;   /* for headers; use bus_record_header() */
-    char *reject_reason;             /* set by bus_record_reject(); owned by the loop */
+    int64_t timestamp_ms;          /* -1 when the record has none */
+    const rd_kafka_message_t *rkm; /* for headers; use bus_record_header() */
+    char *reject_reason;           /* set by bus_record_reject(); owned by the loop */
 } bus_record_t;
 
 /** Finds the first header named @name. Returns 0 and the borrowed value, or -ENOENT. */
@@ -62,13 +62,13 @@ typedef int (*bus_batch_fn)(void *opaque, bus_record_t *recs, size_t n);
 typedef void (*bus_partitions_fn)(void *opaque, const rd_kafka_topic_partition_list_t *parts);
 
 typedef struct bus_consumer_opts {
-    const char *group_id;       /* required */
-    const char *const *topics;  /* NULL-terminated, required */
-    const char *dlq_topic;      /* required: "dlq.<consumer>.v1" */
-    const char *consumer_name;  /* written in the sb-dlq-consumer header */
-    size_t batch_max;           /* records per batch, >= 1 */
-    int batch_ms;               /* max time a batch waits to fill, >= 0 */
-    bus_batch_fn handle_batch;  /* required */
+    const char *group_id;        /* required */
+    const char *const *topics;   /* NULL-terminated, required */
+    const char *dlq_topic;       /* required: "dlq.<consumer>.v1" */
+    const char *consumer_name;   /* written in the sb-dlq-consumer header */
+    size_t batch_max;            /* records per batch, >= 1 */
+    int batch_ms;                /* max time a batch waits to fill, >= 0 */
+    bus_batch_fn handle_batch;   /* required */
     bus_partitions_fn on_assign; /* optional */
     bus_partitions_fn on_revoke; /* optional */
     void *opaque;

@@ -27,28 +27,28 @@
 typedef struct bus_daemon bus_daemon_t;
 
 typedef struct bus_daemon_desc {
-    const char *name;                /* "sensor-ingest" */
-    const char *summary;             /* one line for --help */
-    const char *topics;              /* default subscription, comma-separated */
-    const svc_conf_entry_t *conf;    /* the daemon's own settings, or NULL */
-    size_t conf_size;                /* size of the struct @conf fills (zeroed, owned by runtime) */
+    const char *name;             /* "sensor-ingest" */
+    const char *summary;          /* one line for --help */
+    const char *topics;           /* default subscription, comma-separated */
+    const svc_conf_entry_t *conf; /* the daemon's own settings, or NULL */
+    size_t conf_size;             /* size of the struct @conf fills (zeroed, owned by runtime) */
     size_t batch_max;
     int batch_ms;
     /* Called after configuration and before consuming. @conf is the filled struct. Return 0 or a
      * negative errno (the daemon then exits 1; log the reason first). */
     int (*init)(bus_daemon_t *d, void *conf, void **ret_state);
     bus_batch_fn handle_batch;
-    bus_partitions_fn on_assign;     /* optional */
-    bus_partitions_fn on_revoke;     /* optional */
-    void (*fini)(void *state);       /* optional */
+    bus_partitions_fn on_assign; /* optional */
+    bus_partitions_fn on_revoke; /* optional */
+    void (*fini)(void *state);   /* optional */
 } bus_daemon_desc_t;
 
 /** Runs the daemon; returns the process exit status. */
 int bus_daemon_main(const bus_daemon_desc_t *desc, int argc, char **argv);
 
 /* For init(): the runtime's pieces, borrowed for the daemon's lifetime. */
-svc_health_t *bus_daemon_health(bus_daemon_t *d);      /* set the daemon's own checks ("db") */
+svc_health_t *bus_daemon_health(bus_daemon_t *d); /* set the daemon's own checks ("db") */
 svc_metrics_t *bus_daemon_metrics(bus_daemon_t *d);
-const svc_conf_t *bus_daemon_conf(bus_daemon_t *d);     /* kafka.* pass-through */
+const svc_conf_t *bus_daemon_conf(bus_daemon_t *d); /* kafka.* pass-through */
 /** A producer for the daemon's own output topics (created on first call). NULL on failure. */
 bus_producer_t *bus_daemon_producer(bus_daemon_t *d);

@@ -48,8 +48,9 @@ int bus_producer_new(const svc_conf_t *conf, bus_producer_t **ret_producer, char
 /**
  * Enqueues one record. Key, value and headers are copied. @notifier may be NULL (callback on the
  * poll thread). Returns 0 when enqueued (the callback will be called exactly once), -ENOBUFS
- * when the local queue is full, -EINVAL for an unknown topic or bad argument, -ESHUTDOWN while
- * closing; on any error the callback will not be called.
+ * when the local queue is full, -EINVAL for an unknown topic or bad argument, -EMSGSIZE for a
+ * record over message.max.bytes, -ESHUTDOWN while closing, -EIO once the idempotent producer hit
+ * a fatal error (it must then be recreated); on any error the callback will not be called.
  */
 int bus_producer_produce(bus_producer_t *producer, const char *topic, const void *key,
                          size_t key_len, const void *value, size_t value_len,
@@ -60,7 +61,8 @@ int bus_producer_produce(bus_producer_t *producer, const char *topic, const void
  *  0, or -ETIMEDOUT with records still outstanding. */
 int bus_producer_flush(bus_producer_t *producer, int timeout_ms);
 
-/** Records enqueued and not yet reported. */
+/** Records enqueued and not yet reported (a report counts once it is handed to the notifier's
+ *  loop, so the count may lag that loop's callbacks by a moment). */
 int bus_producer_outq_len(bus_producer_t *producer);
 
 /** True once the producer has a connection to at least one broker (for readiness). */
@@ -72,9 +74,23 @@ rd_kafka_t *bus_producer_handle(bus_producer_t *producer);
 /** Flushes up to @timeout_ms, stops the poll thread, destroys. Accepts NULL. */
 void bus_producer_free(bus_producer_t *producer, int timeout_ms);
 
-/** Creates the completion queue of one event loop. @base is borrowed. 0 or -errno. */
+/**
+ * Creates the completion queue of one event loop. @base is borrowed. 0 or -errno.
+ * The base must be thread-safe: evthread_use_pthreads() has to run before event_base_new().
+ * bus_producer_new() and this function call it, so creating the producer before the loops is
+ * enough. Records produced with a notifier keep a pointer to it until their report is queued:
+ * flush the producer (or free it) before freeing the notifier.
+ */
 int bus_notifier_new(struct event_base *base, bus_notifier_t **ret_notifier);
 
-/** Frees the notifier; completions still queued are dropped (call after the producer is
- *  flushed). Accepts NULL. */
+/** Frees the notifier, in its loop's thread or after the loop stopped; completions still
+ *  queued are dropped without a callback (call after the producer is flushed). Accepts NULL. */
 void bus_notifier_free(bus_notifier_t *notifier);
+
+/**
+ * librdkafka's own log lines (@level is syslog's) go to @fn for every handle libs/bus creates
+ * afterwards; without it librdkafka prints them to stderr in its own format. Daemons route them
+ * to svc_log. Call once, before creating producers or consumers.
+ */
+typedef void (*bus_log_fn)(int level, const char *fac, const char *msg);
+void bus_set_log_fn(bus_log_fn fn);

@@ -12,12 +12,23 @@
 
 #include <jansson.h>
 
-#define CONTRACT_READING_V1        "sensor_reading.v1"
-#define CONTRACT_SENSOR_ID_MAX     64
-#define CONTRACT_UNIT_MAX          16
-#define CONTRACT_TAGS_MAX          16
-#define CONTRACT_TAG_KEY_MAX       32
-#define CONTRACT_TAG_VALUE_MAX     64
+#define CONTRACT_READING_V1    "sensor_reading.v1"
+#define CONTRACT_SENSOR_ID_MAX 64
+#define CONTRACT_UNIT_MAX      16
+#define CONTRACT_TAGS_MAX      16
+#define CONTRACT_TAG_KEY_MAX   32
+#define CONTRACT_TAG_VALUE_MAX 64
+
+/**
+ * The jansson decode flags every producer of contract documents must use (the gateway, sbctl,
+ * consumers re-validating records). Integers are decoded as reals so that an integer beyond
+ * int64 is still the number the schema sees; any JSON value is decoded so that `"t1"` or `42`
+ * gets the validator's "must be an object" rather than a parse error; duplicate keys are
+ * rejected because parsers disagree on which one wins (the schema itself cannot see them).
+ * Never JSON_ALLOW_NUL: a NUL cannot be stored in PostgreSQL text.
+ */
+#define CONTRACT_JSON_DECODE_FLAGS \
+    (JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL | JSON_DECODE_ANY)
 
 /** Why a document was rejected: a JSON Pointer into it and a sentence. */
 typedef struct contract_error {
@@ -28,14 +39,14 @@ typedef struct contract_error {
 /** A valid sensor_reading.v1, normalised. */
 typedef struct contract_reading {
     bool has_id;
-    char id[37];                                 /* lower-case UUID when has_id */
+    char id[37]; /* lower-case UUID when has_id */
     char sensor_id[CONTRACT_SENSOR_ID_MAX + 1];
     bool has_ts;
-    int64_t ts_us;                               /* microseconds since the epoch, UTC */
+    int64_t ts_us; /* microseconds since the epoch, UTC */
     double value;
     bool has_unit;
     char unit[CONTRACT_UNIT_MAX + 1];
-    json_t *tags;                                /* borrowed from the validated document, or NULL */
+    json_t *tags; /* borrowed from the validated document, or NULL */
 } contract_reading_t;
 
 /**
@@ -46,9 +57,11 @@ int contract_reading_validate(const json_t *doc, contract_reading_t *ret_reading
                               contract_error_t *ret_error);
 
 /**
- * Parses an RFC 3339 date-time ("2026-11-23T09:40:01.5Z", "...+01:00") as the schema's
- * `format: date-time` does (real calendar dates, leap years, seconds 00-60), into microseconds
- * since the epoch. 0 or -EINVAL.
+ * Parses a timestamp ("2026-11-23T09:40:01.5Z", "...+01:00") exactly as the schema's `ts` rule
+ * does (`format: date-time` plus its pattern): real calendar dates, seconds 00-59 (Python's
+ * jsonschema, the referee, has no leap seconds), 'T'/'Z' in either case, a fraction of 1-9 digits
+ * (truncated to microseconds), local years 2000-2099 or 1999-12-31/2100-01-01 in UTC. Gives
+ * microseconds since the epoch. 0 or -EINVAL.
  */
 int contract_parse_rfc3339(const char *s, int64_t *ret_us);
 
@@ -56,8 +69,10 @@ int contract_parse_rfc3339(const char *s, int64_t *ret_us);
 void contract_format_rfc3339(int64_t us, char *buf, size_t size);
 
 /**
- * Serialises a reading as the canonical sensor_reading.v1 JSON document put on Kafka: id and ts
- * always present (the caller fills them when the device sent none). Returns a malloc'd string
- * the caller frees, or NULL on ENOMEM.
+ * Serialises a reading as the canonical sensor_reading.v1 JSON document put on Kafka (compact,
+ * ts in UTC with microseconds, shortest exact value, tag names sorted; see proto/README.md). id
+ * and ts are written only when has_id/has_ts: the gateway sets both, with a new UUID and its
+ * receive time, when the device sent none. Returns a malloc'd string the caller frees, or NULL
+ * on ENOMEM.
  */
 char *contract_reading_dump(const contract_reading_t *reading);

@@ -5,8 +5,17 @@
  * see -ECONNRESET for the call that met the broken connection and can retry it.
  *
  * Errors: -ECONNRESET / -ECONNREFUSED when the server is unreachable or the connection broke
- * (transient: retry later); -EINVAL for an SQL error (the statement or the data is wrong);
- * -ENOMEM. db_errmsg() describes the last error (never contains the password).
+ * (transient: retry later); -EAGAIN for a server condition that passes by itself (serialization
+ * failure, deadlock, lock or statement timeout, out of resources: retry later, the data is fine);
+ * -EINVAL for any other SQL error (the statement or the data is wrong); -ENOMEM.
+ * db_errmsg() describes the last error (never contains the password), db_sqlstate() its code.
+ *
+ * A connection that died while idle (server restart, pg_terminate_backend) is noticed before the
+ * next statement is sent, so that call reconnects transparently. A statement is never re-sent
+ * after it may have reached the server: that call returns -ECONNRESET.
+ *
+ * Server notices (e.g. "relation already exists, skipping") are discarded: libraries don't log.
+ * When the DSN sets no connect_timeout, 5 seconds is used.
  */
 #pragma once
 
@@ -18,7 +27,7 @@
 typedef struct db db_t;
 
 /** Creates a handle for @dsn (copied) and tries to connect; a failed first connection is not
- *  an error (the next call retries). 0 or -ENOMEM. */
+ *  an error (the next call retries). 0, -EINVAL when @dsn cannot be parsed, or -ENOMEM. */
 int db_new(const char *dsn, db_t **ret_db);
 
 /** Closes and frees. Accepts NULL. */
@@ -33,7 +42,12 @@ bool db_connected(db_t *db);
 /** The last error message, or "". */
 const char *db_errmsg(const db_t *db);
 
-/** Registers a prepared statement, prepared now if connected and again after each reconnect. */
+/** The SQLSTATE of the last error ("23505"), or "" when it had none (connection errors). */
+const char *db_sqlstate(const db_t *db);
+
+/** Registers a prepared statement, prepared now if connected and again after each reconnect.
+ *  @name and @sql are copied. -EEXIST when @name is registered; -EINVAL when the server rejects
+ *  @sql (the statement is then not registered). */
 int db_prepare(db_t *db, const char *name, const char *sql, int nparams);
 
 /**
@@ -54,8 +68,10 @@ int db_copy_put(db_t *db, const char *buf, size_t len);
 /** Ends the COPY (or aborts it with @abort_reason when not NULL) and reads its result. */
 int db_copy_end(db_t *db, const char *abort_reason);
 
-/** Appends @s to @buf escaped for COPY text format (backslash, tab, newline, CR). Returns the
- *  number of bytes written, or -ENOBUFS when @size is too small. */
+/** Writes @s (@len bytes) into @buf escaped for COPY text format (backslash, tab, newline, CR,
+ *  so a non-NULL value can never read as \N or end the data). No NUL is appended. Returns the
+ *  number of bytes written, -ENOBUFS when @size is too small (2 * @len always suffices), or
+ *  -EINVAL when @s contains a NUL byte (PostgreSQL text cannot hold one). */
 int db_copy_escape(char *buf, size_t size, const char *s, size_t len);
 
 /** The raw connection, borrowed, or NULL when not connected. */

@@ -11,7 +11,13 @@
  * written as they are (`kafka.bootstrap.servers = 127.0.0.1:9092`); in the environment as
  * SB_<SERVICE>_KAFKA_<KEY> with '.' written as '_' (SB_GATEWAY_KAFKA_BOOTSTRAP_SERVERS).
  *
+ * The file holds `name = value` lines; blank lines and lines whose first non-blank character is
+ * '#' are skipped. A value is taken as written, after trimming blanks (no quotes, no trailing
+ * comments: a password may contain '#').
+ *
  * An SB_<SERVICE>_* variable or a file key that no table declares is an error naming the key.
+ * Variables of another sensorbus program whose prefix extends this one's (SB_SENSOR_INGEST_* seen
+ * by a program named "sensor") are left alone; svc_config.c lists those programs.
  * Secrets (SVC_CONF_SECRET) are never printed, and may also be read from a file named by
  * SB_<SERVICE>_<NAME>_FILE (a trailing newline is stripped).
  */

@@ -39,10 +39,10 @@ void svc_log_vwrite(svc_log_level_t level, const char *fmt, va_list ap);
 /** Redirects output to @fd instead of stderr (tests). */
 void svc_log_set_fd(int fd);
 
-#define svc_log(level, ...)                                                                        \
-    do {                                                                                           \
-        if ((int)(level) >= svc_log_min_level)                                                     \
-            svc_log_write((level), __VA_ARGS__);                                                   \
+#define svc_log(level, ...)                      \
+    do {                                         \
+        if ((int)(level) >= svc_log_min_level)   \
+            svc_log_write((level), __VA_ARGS__); \
     } while (0)
 
 #define log_debug(...) svc_log(SVC_LOG_DEBUG, __VA_ARGS__)

@@ -31,11 +31,11 @@ svc_metric_t *svc_metrics_gauge(svc_metrics_t *metrics, const char *name, const 
 svc_metric_t *svc_metrics_histogram(svc_metrics_t *metrics, const char *name, const char *help,
                                     const char *labels, const double *bounds, size_t nbounds);
 
-void svc_metric_inc(svc_metric_t *m);              /* counter or gauge += 1 */
-void svc_metric_add(svc_metric_t *m, double v);    /* counter (v >= 0) or gauge */
-void svc_metric_set(svc_metric_t *m, double v);    /* gauge */
+void svc_metric_inc(svc_metric_t *m);               /* counter or gauge += 1 */
+void svc_metric_add(svc_metric_t *m, double v);     /* counter (v >= 0) or gauge */
+void svc_metric_set(svc_metric_t *m, double v);     /* gauge */
 void svc_metric_observe(svc_metric_t *m, double v); /* histogram */
-double svc_metric_value(const svc_metric_t *m);    /* counter/gauge value, histogram count */
+double svc_metric_value(const svc_metric_t *m);     /* counter/gauge value, histogram count */
 
 /** Renders the registry as Prometheus text into a malloc'd buffer the caller frees. 0 or -errno. */
 int svc_metrics_render(svc_metrics_t *metrics, char **ret_text, size_t *ret_len);

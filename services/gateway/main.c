@@ -1,0 +1,200 @@
+/* main.c: sb-gateway's configuration, startup and shutdown.
+ *
+ * Startup: read the configuration table, create the Kafka producer (shared by all threads; its
+ * delivery reports come back to each thread's loop through that loop's bus_notifier), bind the
+ * listening socket, and run one event loop per thread, each with its own evhttp server and
+ * database connection. Shutdown (SIGINT/SIGTERM): each loop stops accepting and waits, bounded,
+ * for its requests in flight to get their delivery reports and answers; then the producer is
+ * flushed and destroyed, and the loops are freed. A second SIGINT exits at once.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/thread.h>
+
+#include "gateway.h"
+#include "sb-config.h"
+#include "svc_lifecycle.h"
+#include "svc_log.h"
+
+#define OFF(field) offsetof(gw_config_t, field)
+
+static const svc_conf_entry_t gw_conf_table[] = {
+    {SVC_CONF_STR, "listen", "127.0.0.1:8080", OFF(listen), "HTTP address and port (host:port)", 0,
+     0, 0},
+    {SVC_CONF_INT, "threads", "0", OFF(threads), "event-loop threads; 0 = one per CPU core", 0, 0,
+     256},
+    {SVC_CONF_STR, "pg_dsn", NULL, OFF(pg_dsn),
+     "PostgreSQL connection string, for API key lookups (required)", SVC_CONF_SECRET, 0, 0},
+    {SVC_CONF_STR, "key_pepper", NULL, OFF(key_pepper),
+     "server-side secret that API key hashes are keyed with (required)", SVC_CONF_SECRET, 0, 0},
+    {SVC_CONF_INT, "key_cache_ttl_ms", "30000", OFF(key_cache_ttl_ms),
+     "how long an API key lookup is cached (a revoked key works at most this long)", 0, 0, 3600000},
+    {SVC_CONF_INT, "max_batch", "1000", OFF(max_batch), "most readings in one request", 0, 1,
+     100000},
+    {SVC_CONF_INT, "max_body_bytes", "1048576", OFF(max_body_bytes),
+     "largest request body (413 beyond)", 0, 1024, 256 << 20},
+    {SVC_CONF_INT, "max_header_bytes", "8192", OFF(max_header_bytes),
+     "largest request line plus headers (431 beyond)", 0, 1024, 1 << 20},
+    {SVC_CONF_INT, "request_timeout_ms", "10000", OFF(request_timeout_ms),
+     "time to receive a whole request (408 beyond); idle keep-alive connections close 1 s later", 0,
+     100, 600000},
+    {SVC_CONF_INT, "max_connections", "10000", OFF(max_connections),
+     "open client connections; more are answered 503 and closed", 0, 1, 1000000},
+    {SVC_CONF_INT, "produce_timeout_ms", "5000", OFF(produce_timeout_ms),
+     "time for Kafka to acknowledge a request's readings (503 + Retry-After beyond)", 0, 100,
+     600000},
+    {SVC_CONF_STR, "topic", "sensor.readings.v1", OFF(topic), "Kafka topic for readings", 0, 0, 0},
+    {SVC_CONF_STR, "log_level", "info", OFF(log_level), "debug, info, warn or error", 0, 0, 0},
+    {SVC_CONF_END, NULL, NULL, 0, NULL, 0, 0, 0},
+};
+
+/* librdkafka's log lines, as ours. Its levels are syslog's. */
+static void kafka_log(int level, const char *fac, const char *msg)
+{
+    svc_log_level_t l = level <= 3   ? SVC_LOG_ERROR
+                        : level == 4 ? SVC_LOG_WARN
+                        : level <= 6 ? SVC_LOG_INFO
+                                     : SVC_LOG_DEBUG;
+
+    svc_log(l, "kafka %s: %s", fac, msg);
+}
+
+static int check_config(gw_t *gw)
+{
+    const gw_config_t *cfg = &gw->cfg;
+
+    if (!cfg->key_pepper || !*cfg->key_pepper) {
+        log_error("key_pepper is required: set SB_GATEWAY_KEY_PEPPER or SB_GATEWAY_KEY_PEPPER_FILE "
+                  "(the secret API key hashes were made with)");
+        return -EINVAL;
+    }
+    if (!cfg->pg_dsn || !*cfg->pg_dsn) {
+        log_error("pg_dsn is required: set SB_GATEWAY_PG_DSN or SB_GATEWAY_PG_DSN_FILE");
+        return -EINVAL;
+    }
+    if (!cfg->topic || !*cfg->topic) {
+        log_error("topic must not be empty");
+        return -EINVAL;
+    }
+    /* Sensible defaults for a local stack; every kafka.* key overrides them. */
+    if (!svc_conf_kafka_get(gw->conf, "bootstrap.servers") &&
+        svc_conf_kafka_set(gw->conf, "bootstrap.servers", "127.0.0.1:9092") < 0)
+        return -ENOMEM;
+    if (!svc_conf_kafka_get(gw->conf, "client.id") &&
+        svc_conf_kafka_set(gw->conf, "client.id", "sb-gateway") < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    svc_conf_section_t sections[] = {{gw_conf_table, NULL}};
+    gw_t gw = {.listen_fd = -1};
+    svc_log_level_t level;
+    size_t started = 0;
+    char err[512];
+    long cores;
+    int r, status = 1;
+
+    sections[0].target = &gw.cfg;
+    svc_log_init("gateway", SVC_LOG_INFO);
+    r = svc_conf_load("gateway",
+                      "sb-gateway: authenticates devices and puts their readings on Kafka",
+                      sections, 1, argc, argv, &gw.conf, err, sizeof(err));
+    if (r == 1)
+        return 0;
+    if (r < 0) {
+        log_error("configuration: %s", err);
+        return 2;
+    }
+    if (svc_log_level_parse(gw.cfg.log_level, &level) < 0) {
+        log_error("log_level must be debug, info, warn or error, not \"%s\"", gw.cfg.log_level);
+        status = 2;
+        goto out;
+    }
+    svc_log_init("gateway", level);
+    if (check_config(&gw) < 0) {
+        status = 2;
+        goto out;
+    }
+
+    /* Delivery reports are handed to the loops from the producer's poll thread, which needs
+     * libevent's locking switched on before any base exists. */
+    if (evthread_use_pthreads() < 0 || svc_lifecycle_init() < 0) {
+        log_error("cannot set up threads or signal handling");
+        goto out;
+    }
+    cores = sysconf(_SC_NPROCESSORS_ONLN);
+    gw.nloops = gw.cfg.threads > 0 ? (size_t)gw.cfg.threads : cores > 0 ? (size_t)cores : 1;
+
+    if (gw_metrics_init(&gw.metrics, svc_metrics_default()) < 0 ||
+        gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0) {
+        log_error("out of memory");
+        goto out;
+    }
+    bus_set_log_fn(kafka_log);
+    if (bus_producer_new(gw.conf, &gw.producer, err, sizeof(err)) < 0) {
+        log_error("cannot create the Kafka producer: %s", err);
+        goto out;
+    }
+    gw.loops = calloc(gw.nloops, sizeof(*gw.loops));
+    if (!gw.loops || gw_server_listen(&gw) < 0)
+        goto out;
+    for (size_t i = 0; i < gw.nloops; i++) {
+        gw.loops[i].gw = &gw;
+        gw.loops[i].index = i;
+        r = gw_loop_init(&gw.loops[i]);
+        if (r < 0) {
+            log_error("cannot set up event loop %zu: %s", i, strerror(-r));
+            goto out;
+        }
+    }
+    /* Each loop accepts on its own dup(): with ours closed, the socket closes as soon as the
+     * last loop stops accepting at shutdown, so new clients are refused at once instead of
+     * queueing on a socket nobody will accept from. */
+    close(gw.listen_fd);
+    gw.listen_fd = -1;
+    for (; started < gw.nloops; started++) {
+        r = pthread_create(&gw.loops[started].thread, NULL, gw_loop_run, &gw.loops[started]);
+        if (r != 0) {
+            log_error("cannot start thread %zu: %s", started, strerror(r));
+            svc_request_stop();
+            break;
+        }
+    }
+    if (started == gw.nloops) {
+        log_info("sb-gateway %s ready on %s, producing to %s", SB_VERSION, gw.cfg.listen,
+                 gw.cfg.topic);
+        status = 0;
+    }
+    for (size_t i = 0; i < started; i++)
+        pthread_join(gw.loops[i].thread, NULL);
+    log_info("stopped accepting; flushing the producer");
+
+out:
+    if (gw.producer) {
+        if (bus_producer_flush(gw.producer, (int)gw.cfg.produce_timeout_ms) < 0)
+            log_warn("%d records were still undelivered at shutdown",
+                     bus_producer_outq_len(gw.producer));
+        bus_producer_free(gw.producer, 0);
+    }
+    for (size_t i = 0; gw.loops && i < gw.nloops; i++)
+        gw_loop_teardown(&gw.loops[i]);
+    free(gw.loops);
+    free(gw.conns);
+    if (gw.listen_fd >= 0)
+        close(gw.listen_fd);
+    gw_keycache_free(gw.keys);
+    svc_conf_free(gw.conf);
+    svc_conf_target_free(gw_conf_table, &gw.cfg);
+    if (atomic_load(&gw.producer_failed))
+        status = 1;
+    if (status == 0)
+        log_info("bye");
+    return status;
+}
