@@ -149,6 +149,8 @@ sb_spawn() {
     for var in "${SB_STACK_VARS[@]}"; do unset_args+=(-u "$var"); done
     setsid env "${unset_args[@]}" "$@" </dev/null >>"$log" 2>&1 &
     printf '%s\n' "$!" >"$(sb_pidfile "$name")"
+    # The stack outlives this shell's job table: no "Killed" notices when a test kills it.
+    disown "$!"
 }
 
 sb_log_tail() {
@@ -250,7 +252,7 @@ sb_venv_make() {
     hash=$(sha256sum "$SB_REQUIREMENTS" | cut -d' ' -f1)
     [[ -r $stamp && $(<"$stamp") == "$hash" ]] && return 0
     sb_info "installing Python test dependencies (tests/requirements.txt)"
-    "$venv/bin/python" -m pip install -q -r "$SB_REQUIREMENTS"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$SB_REQUIREMENTS"
     printf '%s\n' "$hash" >"$stamp"
 }
 
