@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t svc_now_ms(void)
 {
@@ -99,4 +101,30 @@ int svc_parse_hostport(const char *s, char *ret_host, size_t hostsize, int *ret_
     ret_host[hostlen] = '\0';
     *ret_port = (int)v;
     return 0;
+}
+
+int svc_cpu_count(void)
+{
+    cpu_set_t set;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        n = CPU_COUNT(&set);
+
+    /* "max 100000" means no quota; "150000 100000" means 1.5 CPUs, rounded up. */
+    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "re");
+    if (f) {
+        char quota[32];
+        long period;
+
+        if (fscanf(f, "%31s %ld", quota, &period) == 2 && strcmp(quota, "max") != 0 && period > 0) {
+            long q = strtol(quota, NULL, 10);
+            long cpus = (q + period - 1) / period;
+
+            if (cpus > 0 && cpus < n)
+                n = cpus;
+        }
+        fclose(f);
+    }
+    return n > 0 ? (int)n : 1;
 }

@@ -18,3 +18,7 @@ int svc_random_bytes(void *buf, size_t len);
 
 /** Parses "host:port" or ":port" or "port". Host defaults to 127.0.0.1. 0 or -EINVAL. */
 int svc_parse_hostport(const char *s, char *ret_host, size_t hostsize, int *ret_port);
+
+/** The CPUs this process may really use: the affinity mask, capped by a cgroup v2 CPU quota
+ *  (/sys/fs/cgroup/cpu.max) when there is one, as in a container with a CPU limit. At least 1. */
+int svc_cpu_count(void);

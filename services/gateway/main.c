@@ -20,6 +20,7 @@
 #include "sb-config.h"
 #include "svc_lifecycle.h"
 #include "svc_log.h"
+#include "svc_util.h"
 
 #define OFF(field) offsetof(gw_config_t, field)
 
@@ -105,7 +106,7 @@ int main(int argc, char **argv)
     svc_log_level_t level;
     size_t started = 0;
     char err[512];
-    long cores;
+    int cores;
     int r, status = 1;
 
     sections[0].target = &gw.cfg;
@@ -136,8 +137,9 @@ int main(int argc, char **argv)
         log_error("cannot set up threads or signal handling");
         goto out;
     }
-    cores = sysconf(_SC_NPROCESSORS_ONLN);
-    gw.nloops = gw.cfg.threads > 0 ? (size_t)gw.cfg.threads : cores > 0 ? (size_t)cores : 1;
+    /* One loop per CPU the process may use: a container's CPU limit, not the node's cores. */
+    cores = svc_cpu_count();
+    gw.nloops = gw.cfg.threads > 0 ? (size_t)gw.cfg.threads : (size_t)cores;
 
     if (gw_metrics_init(&gw.metrics, svc_metrics_default()) < 0 ||
         gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0) {

@@ -1,4 +1,5 @@
 /* Tests for svc_util: UUIDs, random bytes, clocks and host:port parsing. */
+#include <sched.h>
 #include <criterion/criterion.h>
 #include <ctype.h>
 #include <errno.h>
@@ -112,4 +113,26 @@ Test(svc_util, hostport_rejects_malformed_input)
     cr_assert_eq(port, 42);
     /* A host that does not fit the caller's buffer is an error, never a silent cut. */
     cr_assert_eq(svc_parse_hostport("averyveryverylonghostname:80", host, 8, &port), -EINVAL);
+}
+
+Test(svc_util, cpu_count_follows_the_affinity_mask)
+{
+    cpu_set_t all, one;
+
+    cr_assert_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+    int n = svc_cpu_count();
+    cr_assert(n >= 1 && n <= CPU_COUNT(&all), "svc_cpu_count() = %d, affinity has %d", n,
+              CPU_COUNT(&all));
+
+    /* Pinned to one CPU (as taskset or a cpuset would), the count says one. */
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &all)) {
+            CPU_SET(cpu, &one);
+            break;
+        }
+    }
+    cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+    cr_assert_eq(svc_cpu_count(), 1);
+    sched_setaffinity(0, sizeof(all), &all);
 }
