@@ -134,6 +134,9 @@ class Stack:
                         continue
                     raise AssertionError(str(m.error()))
                 out.append(m)
+            if len(eof) < nparts:
+                raise AssertionError(f"read only {len(eof)} of {nparts} partitions of {topic} "
+                                     f"to the end within {timeout:.0f}s")
             return out
         finally:
             c.close()
