@@ -445,10 +445,18 @@ static void message_handle(bus_consumer_t *c, rd_kafka_message_t *rkm)
 
 int bus_consumer_run(bus_consumer_t *c, bool (*stopping)(void))
 {
+    int tick_ms = c->opts.tick_ms > 0 ? c->opts.tick_ms : 1000;
+    int64_t next_tick = now_ms() + tick_ms;
+
     while (!c->fatal && !stopping()) {
         int64_t now = now_ms();
         int64_t timeout = POLL_MAX_MS;
         rd_kafka_message_t *rkm;
+
+        if (c->opts.on_tick && now >= next_tick) {
+            c->opts.on_tick(c->opts.opaque);
+            next_tick = now + tick_ms;
+        }
 
         if (c->backoff_until) {
             if (now >= c->backoff_until)

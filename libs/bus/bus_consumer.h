@@ -71,6 +71,10 @@ typedef struct bus_consumer_opts {
     bus_batch_fn handle_batch;   /* required */
     bus_partitions_fn on_assign; /* optional */
     bus_partitions_fn on_revoke; /* optional */
+    /* Optional: called on the loop's thread about every tick_ms (default 1000) whether or not
+     * records arrive, between batches, so that a daemon can check its own dependencies. */
+    void (*on_tick)(void *opaque);
+    int tick_ms;
     void *opaque;
 } bus_consumer_opts_t;
 

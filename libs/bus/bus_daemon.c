@@ -132,6 +132,14 @@ static void on_assign(void *opaque, const rd_kafka_topic_partition_list_t *parts
         d->desc->on_assign(d->state, parts);
 }
 
+static void on_tick(void *opaque)
+{
+    bus_daemon_t *d = opaque;
+
+    if (d->desc->tick)
+        d->desc->tick(d->state);
+}
+
 static void on_revoke(void *opaque, const rd_kafka_topic_partition_list_t *parts)
 {
     bus_daemon_t *d = opaque;
@@ -298,6 +306,7 @@ int bus_daemon_main(const bus_daemon_desc_t *desc, int argc, char **argv)
                              .handle_batch = handle_batch,
                              .on_assign = on_assign,
                              .on_revoke = on_revoke,
+                             .on_tick = on_tick,
                              .opaque = d,
                          },
                          &d->consumer, errbuf, sizeof(errbuf));

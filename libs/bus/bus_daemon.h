@@ -40,6 +40,7 @@ typedef struct bus_daemon_desc {
     bus_batch_fn handle_batch;
     bus_partitions_fn on_assign; /* optional */
     bus_partitions_fn on_revoke; /* optional */
+    void (*tick)(void *state);   /* optional: about once a second, between batches */
     void (*fini)(void *state);   /* optional */
 } bus_daemon_desc_t;
 

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sb-config.h"
@@ -41,7 +42,7 @@ static void usage(FILE *f)
         "\n"
         "Environment (a variable that is not set is looked up in $SB_RUN_DIR/stack.env,\n"
         "else ./.run/stack.env, the file the local stack writes):\n"
-        "  SB_PG_DSN             PostgreSQL connection string\n"
+        "  SB_PG_DSN             PostgreSQL connection string (or SB_PG_DSN_FILE)\n"
         "  SB_KAFKA_BOOTSTRAP    Kafka bootstrap servers (default 127.0.0.1:9092)\n"
         "  SB_KEY_PEPPER         HMAC pepper of API keys, the gateway's (or SB_KEY_PEPPER_FILE)\n"
         "  SB_SQL_DIR            migrations directory (default %s)\n"
@@ -54,13 +55,12 @@ static void usage(FILE *f)
 
 db_t *sbctl_db_open(void)
 {
-    const char *dsn = sbctl_setting("SB_PG_DSN");
+    char *dsn = sbctl_secret("SB_PG_DSN", true, NULL);
     db_t *db = NULL;
-    if (!dsn) {
-        sbctl_err("SB_PG_DSN is not set (nor in %s)", sbctl_stack_file());
+    if (!dsn)
         return NULL;
-    }
     int r = db_new(dsn, &db);
+    free(dsn);
     if (r == -EINVAL) {
         sbctl_err("SB_PG_DSN is not a valid PostgreSQL connection string");
         return NULL;

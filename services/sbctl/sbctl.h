@@ -19,6 +19,12 @@ void sbctl_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  */
 const char *sbctl_setting(const char *name);
 
+/** A secret setting: the value of @name, or the content of the file named by @name + "_FILE"
+ *  without its trailing newline (as the daemons read their _FILE settings). Returns a malloc'd
+ *  NUL-terminated copy (length in @ret_len, may be NULL), or NULL after printing why; with
+ *  @required false, a setting that is simply absent returns NULL silently. */
+char *sbctl_secret(const char *name, bool required, size_t *ret_len);
+
 /** The path of the stack file consulted by sbctl_setting() (whether it exists or not). */
 const char *sbctl_stack_file(void);
 

@@ -213,35 +213,13 @@ out:
  * without its trailing newline. Returns a malloc'd buffer or NULL after printing why. */
 static char *load_pepper(size_t *ret_len)
 {
-    const char *v = sbctl_setting("SB_KEY_PEPPER");
-    const char *path = sbctl_setting("SB_KEY_PEPPER_FILE");
-    char *buf = NULL;
-    size_t len = 0;
+    char *buf = sbctl_secret("SB_KEY_PEPPER", true, ret_len);
 
-    if (v) {
-        buf = strdup(v);
-        len = buf ? strlen(buf) : 0;
-    } else if (path) {
-        FILE *f = fopen(path, "re");
-        if (!f) {
-            sbctl_err("cannot read SB_KEY_PEPPER_FILE %s: %s", path, strerror(errno));
-            return NULL;
-        }
-        buf = malloc(4097);
-        len = buf ? fread(buf, 1, 4096, f) : 0;
-        fclose(f);
-        if (buf && len > 0 && buf[len - 1] == '\n')
-            len--;
-    } else {
-        sbctl_err("SB_KEY_PEPPER or SB_KEY_PEPPER_FILE must be set to the gateway's pepper");
-        return NULL;
-    }
-    if (!buf || len == 0) {
-        sbctl_err(buf ? "the API key pepper is empty" : "out of memory");
+    if (buf && *ret_len == 0) {
+        sbctl_err("the API key pepper is empty");
         free(buf);
         return NULL;
     }
-    *ret_len = len;
     return buf;
 }
 

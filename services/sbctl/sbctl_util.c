@@ -178,3 +178,49 @@ int sbctl_parse_int(const char *s, long min, long max, long *ret)
     *ret = v;
     return 0;
 }
+
+char *sbctl_secret(const char *name, bool required, size_t *ret_len)
+{
+    char file_name[128];
+    const char *v = sbctl_setting(name);
+    const char *path;
+    char *buf;
+    size_t len;
+
+    snprintf(file_name, sizeof(file_name), "%s_FILE", name);
+    path = sbctl_setting(file_name);
+    if (v && path) {
+        sbctl_err("set %s or %s, not both", name, file_name);
+        return NULL;
+    }
+    if (v) {
+        buf = strdup(v);
+        len = buf ? strlen(buf) : 0;
+    } else if (path) {
+        FILE *f = fopen(path, "re");
+        if (!f) {
+            sbctl_err("cannot read %s %s: %s", file_name, path, strerror(errno));
+            return NULL;
+        }
+        buf = malloc(65537);
+        len = buf ? fread(buf, 1, 65536, f) : 0;
+        fclose(f);
+        if (buf) {
+            if (len > 0 && buf[len - 1] == '\n')
+                len--;
+            buf[len] = '\0';
+        }
+    } else {
+        if (required)
+            sbctl_err("%s or %s must be set (nor found in %s)", name, file_name,
+                      sbctl_stack_file());
+        return NULL;
+    }
+    if (!buf) {
+        sbctl_err("out of memory");
+        return NULL;
+    }
+    if (ret_len)
+        *ret_len = len;
+    return buf;
+}

@@ -241,6 +241,14 @@ static void ingest_on_assign(void *opaque, const rd_kafka_topic_partition_list_t
     (void)ingest_db_state(st, db_connect(st->db));
 }
 
+/* Between batches: a cheap round trip keeps /readyz true to PostgreSQL's state even when no
+ * records arrive (libpq only learns of a dead connection when it uses it). */
+static void ingest_tick(void *state)
+{
+    ingest_t *st = state;
+    (void)ingest_db_state(st, db_exec_simple(st->db, "SELECT 1"));
+}
+
 static void ingest_fini(void *state)
 {
     ingest_t *st = state;
@@ -323,6 +331,7 @@ static const bus_daemon_desc_t ingest_desc = {
     .init = ingest_init,
     .handle_batch = ingest_handle_batch,
     .on_assign = ingest_on_assign,
+    .tick = ingest_tick,
     .fini = ingest_fini,
 };
 

@@ -308,3 +308,45 @@ Test(bus_consumer, missing_options_are_refused_with_a_message)
     cr_expect(strstr(errbuf, "required"), "errbuf: %s", errbuf);
     cr_expect_null(c);
 }
+
+static atomic_int ticks;
+
+static void count_tick(void *opaque)
+{
+    (void)opaque;
+    atomic_fetch_add(&ticks, 1);
+}
+
+Test(bus_consumer, tick_runs_while_no_records_arrive)
+{
+    static const char *const topics[] = {"in", NULL};
+    test_conf_t tc;
+    char errbuf[256];
+    runner_t rn;
+    seen_t s;
+
+    seen_init(&s);
+    atomic_store(&ticks, 0);
+    test_conf_init(&tc, "bootstrap.servers", mock.bootstraps, NULL);
+    cr_assert_eq(bus_consumer_new(&tc.conf,
+                                  &(bus_consumer_opts_t){
+                                      .group_id = "g-tick",
+                                      .topics = topics,
+                                      .dlq_topic = "dlq.test.v1",
+                                      .consumer_name = "test",
+                                      .batch_max = 64,
+                                      .batch_ms = 50,
+                                      .handle_batch = handle_batch,
+                                      .on_tick = count_tick,
+                                      .tick_ms = 50,
+                                      .opaque = &s,
+                                  },
+                                  &rn.c, errbuf, sizeof(errbuf)),
+                 0, "%s", errbuf);
+    atomic_store(&stop_flag, false);
+    cr_assert_eq(pthread_create(&rn.thread, NULL, run_main, &rn), 0);
+    cr_assert(WAIT_UNTIL(atomic_load(&ticks) >= 3, 10000), "on_tick ran %d times",
+              atomic_load(&ticks));
+    consumer_stop(&rn);
+    cr_assert_eq(seen_done(&s), 0, "no record was produced, none may be handled");
+}
