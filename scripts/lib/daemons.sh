@@ -7,10 +7,10 @@
 # One line per daemon: name, binary under $SB_BUILD_DIR, the variable holding the port whose
 # GET /readyz must answer 200, then its settings as NAME=VALUE. Each setting becomes the
 # variable SB_<DAEMON>_<NAME> (svc_config's naming: "sensor-ingest" -> SB_SENSOR_INGEST_...);
-# VALUE is one of: listen pg kafka redis pepper s3-endpoint s3-access-key s3-secret-key
+# VALUE is one of: listen pg kafka redis pepper jwt-secret s3-endpoint s3-access-key s3-secret-key
 # s3-bucket (see sb_stack_value). Adding a daemon is adding a line.
 SB_DAEMONS=(
-    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper"
+    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret"
     "sensor-ingest  sb-sensor-ingest  SB_INGEST_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka"
 )
 
@@ -45,6 +45,7 @@ sb_stack_value() {
     kafka) printf '%s' "$SB_KAFKA_BOOTSTRAP" ;;
     redis) printf '%s' "$SB_REDIS_URL" ;;
     pepper) printf '%s' "$SB_KEY_PEPPER_FILE" ;;
+    jwt-secret) printf '%s' "$SB_JWT_SECRET_FILE" ;;
     s3-endpoint) printf '%s' "$SB_S3_ENDPOINT" ;;
     s3-access-key) printf '%s' "$SB_S3_ACCESS_KEY" ;;
     s3-secret-key) printf '%s' "$SB_S3_SECRET_KEY" ;;

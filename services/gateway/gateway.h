@@ -5,7 +5,9 @@
  * POST /sensors/data (authenticate, validate, produce, answer after the broker's ack); body.c
  * decodes and validates request bodies; keys.c looks API keys up and caches them; problem.c
  * renders application/problem+json; routes.c serves /healthz, /readyz and /metrics; metrics.c
- * registers the gateway's Prometheus series; request_id.c sanitises X-Request-Id.
+ * registers the gateway's Prometheus series; request_id.c sanitises X-Request-Id. The people side
+ * of authentication: users.c serves the /auth/ routes (register, token, me, refresh, logout), people.c checks
+ * their fields and makes refresh tokens, pwpool.c runs argon2id off the event loops.
  */
 #pragma once
 
@@ -17,10 +19,12 @@
 
 #include <jansson.h>
 
+#include "auth_jwt.h"
 #include "auth_key.h"
 #include "bus_producer.h"
 #include "contract.h"
 #include "db.h"
+#include "db_pool.h"
 #include "svc_config.h"
 #include "svc_metrics.h"
 
@@ -46,6 +50,12 @@ typedef struct gw_config {
     int64_t produce_timeout_ms;
     char *topic;
     char *log_level;
+    char *jwt_secret;
+    char *jwt_issuer;
+    char *jwt_audience;
+    int64_t access_ttl_s;
+    int64_t refresh_ttl_s;
+    int64_t password_workers;
 } gw_config_t;
 
 /* ---- problem+json (problem.c) ----------------------------------------------------------- */
@@ -165,6 +175,60 @@ int gw_key_fetch(db_t *db, const char *prefix, gw_key_t *ret_key);
 /** Parses a PostgreSQL text[] literal ("{ingest,read}") into GW_SCOPE_* bits. */
 unsigned gw_scopes_parse(const char *literal);
 
+/* ---- people: field checks and refresh tokens (people.c) ---------------------------------- */
+
+#define GW_PASSWORD_MIN      12  /* bytes */
+#define GW_EMAIL_MAX         254 /* bytes */
+#define GW_NAME_MAX          200 /* bytes */
+#define GW_REFRESH_TOKEN_LEN 43  /* base64url characters of 32 random bytes, no padding */
+#define GW_REFRESH_HASH_HEX  64  /* SHA-256 in hex */
+
+/** NULL when @email looks deliverable enough to be an account name (one '@', a local part and a
+ *  domain, no spaces or control characters, at most GW_EMAIL_MAX bytes), else a static reason. */
+const char *gw_people_email_check(const char *email);
+/** NULL when @slug follows organizations.slug's rule (^[a-z0-9][a-z0-9-]{0,62}$), else a reason. */
+const char *gw_people_slug_check(const char *slug);
+/** NULL when @password's length is within GW_PASSWORD_MIN..AUTH_PASSWORD_MAX_LEN bytes and it has
+ *  no NUL byte (@len is its length as received), else a static reason. */
+const char *gw_people_password_check(const char *password, size_t len);
+/** NULL when @name is 1..GW_NAME_MAX bytes without control characters, else a static reason. */
+const char *gw_people_name_check(const char *name);
+
+/** A new refresh token: 32 random bytes in base64url (@ret_token, NUL-terminated) and its
+ *  SHA-256 in hex (@ret_hash), the only form that is stored. 0 or -errno from getrandom. */
+int gw_refresh_token_new(char ret_token[GW_REFRESH_TOKEN_LEN + 1],
+                         char ret_hash[GW_REFRESH_HASH_HEX + 1]);
+/** SHA-256 of @len bytes of @token, in lower-case hex. */
+void gw_refresh_token_hash(const char *token, size_t len, char ret_hash[GW_REFRESH_HASH_HEX + 1]);
+
+/* ---- password hashing off the loops (pwpool.c) ------------------------------------------- */
+
+typedef struct gw_pwpool gw_pwpool_t;
+
+/**
+ * Runs on the submitting loop's thread when the work is done. @rc: for a hash 0 with @phc the
+ * new PHC string (owned by the callback: free() it), for a verification 0 (match) or -EACCES
+ * (mismatch) with @phc NULL; otherwise an auth_password error, or -ECANCELED when the pool was
+ * freed before the job ran.
+ */
+typedef void (*gw_pwpool_cb)(int rc, char *phc, void *opaque);
+
+/** Starts @nworkers threads (1..64) that take at most @max_queue waiting jobs. 0, -EINVAL,
+ *  -ENOMEM or -errno from pthread_create. Caller owns *@ret_pool (gw_pwpool_free()). */
+int gw_pwpool_new(size_t nworkers, size_t max_queue, gw_pwpool_t **ret_pool);
+
+/** Lets running jobs finish, joins the threads, and completes every job still queued with
+ *  -ECANCELED (its callback runs the next time its loop runs). Accepts NULL. */
+void gw_pwpool_free(gw_pwpool_t *pool);
+
+/**
+ * Queues hashing @password (@phc NULL) or verifying it against @phc. Both strings are copied
+ * (the copy of the password is wiped when the job ends). @cb runs once, on @base's thread.
+ * 0 when queued, -EAGAIN when max_queue jobs wait already, -ENOMEM.
+ */
+int gw_pwpool_submit(gw_pwpool_t *pool, struct event_base *base, const char *password,
+                     const char *phc, gw_pwpool_cb cb, void *opaque);
+
 /* ---- metrics (metrics.c) ---------------------------------------------------------------- */
 
 typedef enum gw_route {
@@ -172,6 +236,11 @@ typedef enum gw_route {
     GW_ROUTE_HEALTHZ,
     GW_ROUTE_READYZ,
     GW_ROUTE_METRICS,
+    GW_ROUTE_AUTH_REGISTER,
+    GW_ROUTE_AUTH_TOKEN,
+    GW_ROUTE_AUTH_ME,
+    GW_ROUTE_AUTH_REFRESH,
+    GW_ROUTE_AUTH_LOGOUT,
     GW_ROUTE_OTHER, /* 404s, 405s, and answers given before routing (408, 503 at the cap) */
     GW_ROUTE_COUNT,
 } gw_route_t;
@@ -216,6 +285,13 @@ struct gw {
     size_t conns_size;
     atomic_long open_connections;
     atomic_bool producer_failed; /* fatal idempotence error: the process restarts */
+    /* People's authentication (users.c): the signing key, a verifier pinned to HS256 and our
+     * issuer and audience, the argon2id workers, and a hash of a random password that unknown
+     * emails are verified against, so that they cost what a wrong password costs. */
+    auth_jwt_key_t *jwt_key;
+    auth_jwt_verifier_t *jwt_verifier;
+    gw_pwpool_t *pwpool;
+    char *dummy_phc;
 };
 
 /** One thread: its event base, evhttp server, Kafka completion queue and database handle. */
@@ -228,6 +304,7 @@ struct gw_loop {
     struct evhttp_bound_socket *bound;
     bus_notifier_t *notifier;
     db_t *db;
+    db_pool_t *pool;        /* asynchronous connections for /auth/ requests */
     int64_t db_retry_at_ms; /* after a failed connect, fail fast until then */
     struct event *stop_ev;
     struct event *adopt_ev;
@@ -235,8 +312,8 @@ struct gw_loop {
     struct event *resume_ev; /* re-enables accepting after EMFILE */
     gw_conn_t *fresh;        /* accepted, not yet adopted (see server.c) */
     gw_pending_t *pending;   /* ingest requests with delivery reports due */
-    size_t nwaiting;         /* of those, the ones not answered yet */
-    size_t nwriting;         /* responses handed to evhttp and not yet written */
+    size_t nwaiting; /* of those, and of /auth/ requests in flight, the ones not answered */
+    size_t nwriting; /* responses handed to evhttp and not yet written */
     bool stopping;
     int64_t stop_deadline_ms;
     /* /readyz's database verdict, reused for a second so probes never hammer a dead server. */
@@ -271,7 +348,8 @@ void gw_req_enter(gw_req_t *r);
 void gw_req_header(gw_req_t *r, const char *name, const char *value);
 /** The request's header @name, or NULL. */
 const char *gw_req_get_header(gw_req_t *r, const char *name);
-/** Answers and frees @r (consumes it; a gone client only gets counted and logged). */
+/** Answers and frees @r (consumes it; a gone client only gets counted and logged).
+ *  @content_type NULL sends no Content-Type (for 204). */
 void gw_reply(gw_req_t *r, int status, const char *content_type, const char *body, size_t len);
 /** Like gw_reply() with @doc serialised as application/json; steals @doc. */
 void gw_reply_json(gw_req_t *r, int status, json_t *doc);
@@ -287,6 +365,18 @@ void gw_ingest_handle(gw_req_t *r);
 void gw_ingest_abandon(gw_loop_t *loop);
 /** At teardown, after the producer is gone: frees what waits for reports that never came. */
 void gw_ingest_release(gw_loop_t *loop);
+
+/* users.c */
+/** People's auth routes: POST /auth/register, /auth/token, /auth/refresh, /auth/logout and
+ *  GET /auth/me (the route in r->route picks which; the method is already checked). */
+void gw_auth_handle(gw_req_t *r);
+/** Makes the signing key, verifier, password workers and dummy hash on @gw. 0 or -errno
+ *  (logged). */
+int gw_auth_init(gw_t *gw);
+/** Stops the password workers (before the loops are torn down). */
+void gw_auth_stop(gw_t *gw);
+/** Frees what gw_auth_init() made. */
+void gw_auth_free(gw_t *gw);
 
 /* routes.c */
 void gw_route_healthz(gw_req_t *r);

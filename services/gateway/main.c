@@ -51,6 +51,18 @@ static const svc_conf_entry_t gw_conf_table[] = {
      600000},
     {SVC_CONF_STR, "topic", "sensor.readings.v1", OFF(topic), "Kafka topic for readings", 0, 0, 0},
     {SVC_CONF_STR, "log_level", "info", OFF(log_level), "debug, info, warn or error", 0, 0, 0},
+    {SVC_CONF_STR, "jwt_secret", NULL, OFF(jwt_secret),
+     "HS256 key that people's access tokens are signed with, at least 32 bytes (required)",
+     SVC_CONF_SECRET, 0, 0},
+    {SVC_CONF_STR, "jwt_issuer", "sensorbus", OFF(jwt_issuer), "access tokens' iss claim", 0, 0, 0},
+    {SVC_CONF_STR, "jwt_audience", "sensorbus-api", OFF(jwt_audience), "access tokens' aud claim",
+     0, 0, 0},
+    {SVC_CONF_INT, "access_ttl_s", "900", OFF(access_ttl_s), "access token lifetime in seconds", 0,
+     30, 86400},
+    {SVC_CONF_INT, "refresh_ttl_s", "2592000", OFF(refresh_ttl_s),
+     "refresh token lifetime in seconds", 0, 60, 31536000},
+    {SVC_CONF_INT, "password_workers", "2", OFF(password_workers),
+     "threads that hash and check passwords (argon2id), off the event loops", 0, 1, 64},
     {SVC_CONF_END, NULL, NULL, 0, NULL, 0, 0, 0},
 };
 
@@ -76,6 +88,17 @@ static int check_config(gw_t *gw)
     }
     if (!cfg->pg_dsn || !*cfg->pg_dsn) {
         log_error("pg_dsn is required: set SB_GATEWAY_PG_DSN or SB_GATEWAY_PG_DSN_FILE");
+        return -EINVAL;
+    }
+    if (!cfg->jwt_secret || strlen(cfg->jwt_secret) < AUTH_JWT_HS_SECRET_MIN) {
+        log_error("jwt_secret is required and must be at least %d bytes: set "
+                  "SB_GATEWAY_JWT_SECRET or SB_GATEWAY_JWT_SECRET_FILE (the key people's access "
+                  "tokens are signed with)",
+                  AUTH_JWT_HS_SECRET_MIN);
+        return -EINVAL;
+    }
+    if (!cfg->jwt_issuer || !*cfg->jwt_issuer || !cfg->jwt_audience || !*cfg->jwt_audience) {
+        log_error("jwt_issuer and jwt_audience must not be empty");
         return -EINVAL;
     }
     if (!cfg->topic || !*cfg->topic) {
@@ -141,6 +164,8 @@ int main(int argc, char **argv)
     cores = svc_cpu_count();
     gw.nloops = gw.cfg.threads > 0 ? (size_t)gw.cfg.threads : (size_t)cores;
 
+    if (gw_auth_init(&gw) < 0)
+        goto out;
     if (gw_metrics_init(&gw.metrics, svc_metrics_default()) < 0 ||
         gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0) {
         log_error("out of memory");
@@ -186,6 +211,9 @@ int main(int argc, char **argv)
     log_info("stopped accepting; flushing the producer");
 
 out:
+    /* Before the loops are torn down: a password job still running would activate an event on
+     * a freed base. */
+    gw_auth_stop(&gw);
     if (gw.producer) {
         if (bus_producer_flush(gw.producer, (int)gw.cfg.produce_timeout_ms) < 0)
             log_warn("%d records were still undelivered at shutdown",
@@ -199,6 +227,7 @@ out:
     if (gw.listen_fd >= 0)
         close(gw.listen_fd);
     gw_keycache_free(gw.keys);
+    gw_auth_free(&gw);
     svc_conf_free(gw.conf);
     svc_conf_target_free(gw_conf_table, &gw.cfg);
     if (atomic_load(&gw.producer_failed))

@@ -5,8 +5,15 @@
 #include "gateway.h"
 
 static const char *const route_names[GW_ROUTE_COUNT] = {
-    [GW_ROUTE_INGEST] = "/sensors/data", [GW_ROUTE_HEALTHZ] = "/healthz",
-    [GW_ROUTE_READYZ] = "/readyz",       [GW_ROUTE_METRICS] = "/metrics",
+    [GW_ROUTE_INGEST] = "/sensors/data",
+    [GW_ROUTE_HEALTHZ] = "/healthz",
+    [GW_ROUTE_READYZ] = "/readyz",
+    [GW_ROUTE_METRICS] = "/metrics",
+    [GW_ROUTE_AUTH_REGISTER] = "/auth/register",
+    [GW_ROUTE_AUTH_TOKEN] = "/auth/token",
+    [GW_ROUTE_AUTH_ME] = "/auth/me",
+    [GW_ROUTE_AUTH_REFRESH] = "/auth/refresh",
+    [GW_ROUTE_AUTH_LOGOUT] = "/auth/logout",
     [GW_ROUTE_OTHER] = "other",
 };
 

@@ -15,6 +15,8 @@ static const struct {
     {"malformed-json", "Malformed JSON"},
     {"invalid-body", "Invalid request body"},
     {"invalid-reading", "Invalid reading"},
+    {"invalid-fields", "Invalid fields"},
+    {"conflict", "Conflict"},
     {"batch-too-large", "Too many readings"},
     {"body-too-large", "Request body too large"},
     {"headers-too-large", "Request header fields too large"},

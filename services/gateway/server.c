@@ -96,8 +96,14 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 201:
+        return "Created";
     case 202:
         return "Accepted";
+    case 204:
+        return "No Content";
+    case 409:
+        return "Conflict";
     case 400:
         return "Bad Request";
     case 401:
@@ -410,7 +416,8 @@ void gw_reply(gw_req_t *r, int status, const char *content_type, const char *bod
         struct evkeyvalq *h = evhttp_request_get_output_headers(r->evreq);
         struct evbuffer *buf = evbuffer_new();
 
-        evhttp_add_header(h, "Content-Type", content_type);
+        if (content_type)
+            evhttp_add_header(h, "Content-Type", content_type);
         evhttp_add_header(h, "X-Request-Id", r->request_id);
         if (loop->stopping)
             evhttp_add_header(h, "Connection", "close");
@@ -454,7 +461,9 @@ void gw_reply_problem(gw_req_t *r, const gw_problem_t *p)
 {
     char *body = gw_problem_render(p, r->request_id);
 
-    if (p->status == 401)
+    /* A handler may have set a more precise challenge (error="invalid_token"). */
+    if (p->status == 401 && r->evreq &&
+        !evhttp_find_header(evhttp_request_get_output_headers(r->evreq), "WWW-Authenticate"))
         gw_req_header(r, "WWW-Authenticate", "Bearer");
     if (p->status == 503)
         gw_req_header(r, "Retry-After", "1");
@@ -566,6 +575,16 @@ static void dispatch(struct evhttp_request *evreq, void *arg)
         r->route = GW_ROUTE_READYZ;
     else if (strcmp(path, "/metrics") == 0)
         r->route = GW_ROUTE_METRICS;
+    else if (strcmp(path, "/auth/register") == 0)
+        r->route = GW_ROUTE_AUTH_REGISTER;
+    else if (strcmp(path, "/auth/token") == 0)
+        r->route = GW_ROUTE_AUTH_TOKEN;
+    else if (strcmp(path, "/auth/me") == 0)
+        r->route = GW_ROUTE_AUTH_ME;
+    else if (strcmp(path, "/auth/refresh") == 0)
+        r->route = GW_ROUTE_AUTH_REFRESH;
+    else if (strcmp(path, "/auth/logout") == 0)
+        r->route = GW_ROUTE_AUTH_LOGOUT;
 
     if (header_bytes(evreq) > (size_t)cfg->max_header_bytes) {
         gw_reply_problemf(r, 431, "headers-too-large",
@@ -587,6 +606,25 @@ static void dispatch(struct evhttp_request *evreq, void *arg)
             return;
         }
         gw_ingest_handle(r);
+        return;
+    case GW_ROUTE_AUTH_REGISTER:
+    case GW_ROUTE_AUTH_TOKEN:
+    case GW_ROUTE_AUTH_REFRESH:
+    case GW_ROUTE_AUTH_LOGOUT:
+        if (method != EVHTTP_REQ_POST) {
+            gw_req_header(r, "Allow", "POST");
+            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only POST", path);
+            return;
+        }
+        gw_auth_handle(r);
+        return;
+    case GW_ROUTE_AUTH_ME:
+        if (method != EVHTTP_REQ_GET) {
+            gw_req_header(r, "Allow", "GET");
+            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only GET", path);
+            return;
+        }
+        gw_auth_handle(r);
         return;
     case GW_ROUTE_HEALTHZ:
     case GW_ROUTE_READYZ:
@@ -748,6 +786,13 @@ int gw_loop_init(gw_loop_t *loop)
         log_error("cannot prepare the API key lookup: %s", db_errmsg(loop->db));
         return r;
     }
+    /* People's sign-ins are not cached like API keys, so /auth/ queries go through a small
+     * asynchronous pool that never blocks the loop. */
+    r = db_pool_new(loop->base, cfg->pg_dsn, 2, NULL, &loop->pool);
+    if (r < 0) {
+        log_error("cannot create the database pool: %s", strerror(-r));
+        return r;
+    }
     return 0;
 }
 
@@ -779,6 +824,10 @@ void gw_loop_teardown(gw_loop_t *loop)
      * the last pending requests. */
     if (loop->base)
         event_base_loop(loop->base, EVLOOP_NONBLOCK);
+    /* That pass also ran the password jobs the stopped pwpool completed; queries they or the
+     * loop left in flight are cancelled here, and their callbacks free what waits on them. */
+    db_pool_free(loop->pool);
+    loop->pool = NULL;
     gw_ingest_release(loop);
     if (loop->adopt_ev)
         event_free(loop->adopt_ev);

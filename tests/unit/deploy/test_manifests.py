@@ -73,6 +73,26 @@ def accepted(program):
 
 
 @functools.cache
+def required(program):
+    """The settings `program --help` marks as required: the daemon refuses to start without them
+    (each may also come as <NAME>_FILE)."""
+    binary = build_dir() / program
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SB_")}
+    out = subprocess.run([str(binary), "--help"], env=env, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return {m.group(1) for line in out.splitlines() if re.search(r"\brequired\b", line)
+            for m in [re.search(r"\b(SB_[A-Z0-9_]*[A-Z0-9])(\[_FILE\])?", line)] if m}
+
+
+def missing_required(program, env, where):
+    if program == "sbctl":  # a tool: its settings are checked per command
+        return []
+    return [f"{where}: {program} needs {name} (or {name}_FILE), which is not set"
+            for name in sorted(required(program))
+            if name not in env and name + "_FILE" not in env]
+
+
+@functools.cache
 def rdkafka():
     lib = ctypes.CDLL(ctypes.util.find_library("rdkafka") or "librdkafka.so.1")
     lib.rd_kafka_conf_new.restype = ctypes.c_void_p
@@ -225,6 +245,7 @@ def test_k8s_containers_set_only_settings_their_program_accepts():
         seen.add(program)
         env = k8s_env(where, c, configmaps, secrets, problems)
         problems += check_env(program, env, where)
+        problems += missing_required(program, env, where)
 
         mounts = {m["name"]: m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])}
         for var, path in env.items():
@@ -315,6 +336,7 @@ def test_compose_services_set_only_settings_their_program_accepts():
         seen.add(program)
         env = compose_env(svc)
         problems += check_env(program, env, f"compose service {name}")
+        problems += missing_required(program, env, f"compose service {name}")
         mounted = {f"/run/secrets/{s if isinstance(s, str) else s['source']}"
                    for s in svc.get("secrets", [])}
         for var, path in env.items():
