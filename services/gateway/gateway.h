@@ -6,8 +6,9 @@
  * decodes and validates request bodies; keys.c looks API keys up and caches them; problem.c
  * renders application/problem+json; routes.c serves /healthz, /readyz and /metrics; metrics.c
  * registers the gateway's Prometheus series; request_id.c sanitises X-Request-Id. The people side
- * of authentication: users.c serves the /auth/ routes (register, token, me, refresh, logout), people.c checks
- * their fields and makes refresh tokens, pwpool.c runs argon2id off the event loops.
+ * of authentication: users.c serves the /auth/ routes (register, token, me, refresh, logout),
+ * people.c checks their fields and makes refresh tokens, pwpool.c runs argon2id off the event
+ * loops.
  */
 #pragma once
 
@@ -312,8 +313,8 @@ struct gw_loop {
     struct event *resume_ev; /* re-enables accepting after EMFILE */
     gw_conn_t *fresh;        /* accepted, not yet adopted (see server.c) */
     gw_pending_t *pending;   /* ingest requests with delivery reports due */
-    size_t nwaiting; /* of those, and of /auth/ requests in flight, the ones not answered */
-    size_t nwriting; /* responses handed to evhttp and not yet written */
+    size_t nwaiting;         /* of those, and of /auth/ requests in flight, the ones not answered */
+    size_t nwriting;         /* responses handed to evhttp and not yet written */
     bool stopping;
     int64_t stop_deadline_ms;
     /* /readyz's database verdict, reused for a second so probes never hammer a dead server. */
