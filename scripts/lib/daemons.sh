@@ -12,6 +12,7 @@
 SB_DAEMONS=(
     "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret"
     "sensor-ingest  sb-sensor-ingest  SB_INGEST_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka"
+    "anomaly-detector  sb-anomaly-detector  SB_ANOMALY_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg REDIS_URL=redis KAFKA_BOOTSTRAP_SERVERS=kafka"
 )
 
 SB_SBCTL_BIN=sbctl
