@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <jansson.h>
 #include <jwt.h>
@@ -19,6 +18,7 @@
 #include <openssl/pem.h>
 
 #include "auth_jwt.h"
+#include "svc_util.h"
 
 #define JWKS_FILE_MAX  (1024 * 1024)
 #define RSA_BITS_MIN   2048
@@ -350,25 +350,6 @@ static int key_dup(const auth_jwt_key_t *key, auth_jwt_key_t **ret)
     return 0;
 }
 
-/* A random UUIDv4 (RFC 9562) in its 36-character form. */
-static int uuid4(char ret[37])
-{
-    unsigned char u[16];
-    ssize_t n;
-
-    do
-        n = getrandom(u, sizeof(u), 0);
-    while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof(u))
-        return n < 0 ? -errno : -EIO;
-    u[6] = (unsigned char)((u[6] & 0x0f) | 0x40);
-    u[8] = (unsigned char)((u[8] & 0x3f) | 0x80);
-    snprintf(ret, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
-             u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-             u[14], u[15]);
-    return 0;
-}
-
 static bool nonempty(const char *s)
 {
     return s && *s;
@@ -390,7 +371,7 @@ int auth_jwt_issue(const auth_jwt_key_t *key, const auth_jwt_claims_t *claims, i
     if (!key->sign)
         return -ENOKEY;
     if (!claims->jti) {
-        r = uuid4(jti);
+        r = svc_uuid4(jti);
         if (r < 0)
             return r;
     }

@@ -4,13 +4,13 @@
 #include <limits.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
 #include "auth_key.h"
+#include "svc_util.h"
 
 #define SCHEME_LEN   4
 #define SECRET_BYTES 32
@@ -62,23 +62,6 @@ int auth_key_parse(const char *token, size_t len, char *ret_prefix, char *ret_se
     return 0;
 }
 
-static int random_fill(void *buf, size_t len)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = getrandom((char *)buf + done, len - done, 0);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        done += (size_t)n;
-    }
-    return 0;
-}
-
 /* Unpadded base64url of @len bytes into @out (4*len/3 rounded up characters + NUL). */
 static void base64url_encode(const unsigned char *in, size_t len, char *out)
 {
@@ -110,7 +93,7 @@ int auth_key_generate(char *ret_token, char *ret_prefix)
     char *p = ret_token;
     int r;
 
-    r = random_fill(raw, sizeof(raw));
+    r = svc_random_bytes(raw, sizeof(raw));
     if (r < 0)
         goto fail;
 

@@ -3,12 +3,12 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <argon2.h>
 #include <openssl/crypto.h>
 
 #include "auth_password.h"
+#include "svc_util.h"
 
 #define PHC_PREFIX "$argon2id$v=19$m="
 
@@ -91,23 +91,6 @@ static bool params_ok(const auth_password_params_t *pp)
            pp->p <= AUTH_PASSWORD_P_MAX;
 }
 
-static int random_fill(void *buf, size_t len)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = getrandom((char *)buf + done, len - done, 0);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        done += (size_t)n;
-    }
-    return 0;
-}
-
 int auth_password_hash(const auth_password_params_t *params, const char *password, char **ret_phc)
 {
     const auth_password_params_t pp = params ? *params : AUTH_PASSWORD_PARAMS_DEFAULT;
@@ -124,7 +107,7 @@ int auth_password_hash(const auth_password_params_t *params, const char *passwor
     if (len > AUTH_PASSWORD_MAX_LEN)
         return -E2BIG;
 
-    r = random_fill(salt, sizeof(salt));
+    r = svc_random_bytes(salt, sizeof(salt));
     if (r < 0)
         goto fail;
     phc_len =

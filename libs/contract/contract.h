@@ -76,3 +76,42 @@ void contract_format_rfc3339(int64_t us, char *buf, size_t size);
  * on ENOMEM.
  */
 char *contract_reading_dump(const contract_reading_t *reading);
+
+/* ---- sensor.readings.v1 Kafka records (proto/README.md) ------------------------------------ */
+
+#define CONTRACT_REQUEST_ID_MAX 128
+
+/** The parts of a sensor.readings.v1 record a consumer reads; every pointer is borrowed, and a
+ *  header pointer is NULL when the record lacks that header. */
+typedef struct contract_record_in {
+    const void *value;
+    size_t value_len;
+    const void *org_id; /* header sb-org-id */
+    size_t org_id_len;
+    const void *project_id; /* header sb-project-id */
+    size_t project_id_len;
+    const void *request_id; /* header sb-request-id (optional) */
+    size_t request_id_len;
+} contract_record_in_t;
+
+/** A decoded record: tenant ids from the headers, the validated reading from the value. */
+typedef struct contract_reading_record {
+    char org_id[37];                              /* lower-case UUID */
+    char project_id[37];                          /* lower-case UUID */
+    char request_id[CONTRACT_REQUEST_ID_MAX + 1]; /* "" when absent or unusable */
+    contract_reading_t reading; /* has_id and has_ts always true; tags borrow from doc */
+    json_t *doc;                /* owned: the decoded value */
+} contract_reading_record_t;
+
+/**
+ * Decodes a record as the gateway writes it: tenant headers that are UUIDs, a value decoded with
+ * CONTRACT_JSON_DECODE_FLAGS that passes sensor_reading.v1 and carries id and ts. The request id
+ * is only for tracing: kept when it is short printable ASCII, else dropped (never a rejection).
+ * Returns 0 (release @ret with contract_reading_record_clear()), or -EINVAL with a one-line
+ * reason for the dead-letter header in @reason.
+ */
+int contract_reading_record_decode(const contract_record_in_t *in, contract_reading_record_t *ret,
+                                   char *reason, size_t reason_size);
+
+/** Releases the decoded document. Accepts a zeroed or already-cleared record. */
+void contract_reading_record_clear(contract_reading_record_t *rec);

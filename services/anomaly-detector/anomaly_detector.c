@@ -40,7 +40,7 @@
 /* Longer than the producer's message.timeout.ms (10 s), so every report has arrived. */
 #define ANOMALY_FLUSH_MS       15000
 #define ANOMALY_REDIS_TIMEOUT  500
-#define ANOMALY_REQUEST_ID_MAX 128
+#define ANOMALY_REQUEST_ID_MAX CONTRACT_REQUEST_ID_MAX
 
 typedef struct anomaly_conf {
     char *pg_dsn;
@@ -221,89 +221,28 @@ static void anomaly_on_revoke(void *opaque, const rd_kafka_topic_partition_list_
  */
 
 /* Copies a header holding a UUID, lower-cased; false unless it is exactly 8-4-4-4-12 hex. */
-static bool anomaly_header_uuid(const bus_record_t *rec, const char *name, char out[37])
-{
-    const void *v;
-    size_t len;
-    if (bus_record_header(rec, name, &v, &len) < 0 || len != 36)
-        return false;
-    const char *s = v;
-    for (size_t i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        char c = s[i];
-        if (dash ? c != '-'
-                 : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return false;
-        out[i] = (char)(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
-    }
-    out[36] = '\0';
-    return true;
-}
-
 /* Fills @hit's identity from the record, or returns -EINVAL with the reason for the DLQ. */
 static int anomaly_record_parse(const bus_record_t *rec, anomaly_hit_t *hit, char *reason,
                                 size_t reason_size)
 {
-    json_t *doc = NULL;
-    json_error_t jerr;
-    contract_reading_t reading;
-    contract_error_t cerr;
-    int r = -EINVAL;
+    contract_record_in_t in = {.value = rec->value, .value_len = rec->value_len};
+    contract_reading_record_t dec;
 
-    if (!anomaly_header_uuid(rec, "sb-org-id", hit->org_id)) {
-        snprintf(reason, reason_size, "header sb-org-id is missing or not a UUID");
-        goto fail;
-    }
-    if (!anomaly_header_uuid(rec, "sb-project-id", hit->project_id)) {
-        snprintf(reason, reason_size, "header sb-project-id is missing or not a UUID");
-        goto fail;
-    }
-    if (!rec->value || rec->value_len == 0) {
-        snprintf(reason, reason_size, "empty record value");
-        goto fail;
-    }
-    doc = json_loadb(rec->value, rec->value_len, CONTRACT_JSON_DECODE_FLAGS, &jerr);
-    if (!doc) {
-        snprintf(reason, reason_size, "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        goto fail;
-    }
-    if (contract_reading_validate(doc, &reading, &cerr) < 0) {
-        snprintf(reason, reason_size, "%s: %s: %s", CONTRACT_READING_V1,
-                 cerr.pointer[0] ? cerr.pointer : "/", cerr.reason);
-        goto fail;
-    }
-    if (!reading.has_id || !reading.has_ts) {
-        snprintf(reason, reason_size, "reading has no %s (records must come from the gateway)",
-                 reading.has_id ? "ts" : "id");
-        goto fail;
-    }
-    memcpy(hit->reading_id, reading.id, sizeof(hit->reading_id));
-    snprintf(hit->sensor_id, sizeof(hit->sensor_id), "%s", reading.sensor_id);
-    hit->ts_us = reading.ts_us;
-    hit->value = reading.value;
+    bus_record_header(rec, "sb-org-id", &in.org_id, &in.org_id_len);
+    bus_record_header(rec, "sb-project-id", &in.project_id, &in.project_id_len);
+    bus_record_header(rec, "sb-request-id", &in.request_id, &in.request_id_len);
+    if (contract_reading_record_decode(&in, &dec, reason, reason_size) < 0)
+        return -EINVAL;
+    memcpy(hit->org_id, dec.org_id, sizeof(hit->org_id));
+    memcpy(hit->project_id, dec.project_id, sizeof(hit->project_id));
+    memcpy(hit->reading_id, dec.reading.id, sizeof(hit->reading_id));
+    memcpy(hit->request_id, dec.request_id, sizeof(hit->request_id));
+    snprintf(hit->sensor_id, sizeof(hit->sensor_id), "%s", dec.reading.sensor_id);
+    hit->ts_us = dec.reading.ts_us;
+    hit->value = dec.reading.value;
     hit->offset = rec->offset;
-
-    /* The request id is only for tracing: kept when it is short printable ASCII. */
-    const void *v;
-    size_t len;
-    hit->request_id[0] = '\0';
-    if (bus_record_header(rec, "sb-request-id", &v, &len) == 0 && len > 0 &&
-        len <= ANOMALY_REQUEST_ID_MAX) {
-        const char *s = v;
-        bool ok = true;
-        for (size_t i = 0; i < len && ok; i++)
-            ok = s[i] > 0x20 && s[i] < 0x7f;
-        if (ok) {
-            memcpy(hit->request_id, s, len);
-            hit->request_id[len] = '\0';
-        }
-    }
-    r = 0;
-
-fail:
-    json_decref(doc);
-    return r;
+    contract_reading_record_clear(&dec);
+    return 0;
 }
 
 /* Observes one record (or, when it was observed before, reuses its verdict) and appends its

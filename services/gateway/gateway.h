@@ -13,6 +13,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -359,6 +360,8 @@ void gw_reply_problem(gw_req_t *r, const gw_problem_t *p);
 /** gw_problem_set() + gw_reply_problem() in one call. */
 void gw_reply_problemf(gw_req_t *r, int status, const char *slug, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+void gw_reply_problemv(gw_req_t *r, int status, const char *slug, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 
 /* ingest.c */
 void gw_ingest_handle(gw_req_t *r);

@@ -479,16 +479,22 @@ void gw_reply_problem(gw_req_t *r, const gw_problem_t *p)
     free(body);
 }
 
-void gw_reply_problemf(gw_req_t *r, int status, const char *slug, const char *fmt, ...)
+void gw_reply_problemv(gw_req_t *r, int status, const char *slug, const char *fmt, va_list ap)
 {
     gw_problem_t p = {0};
-    va_list ap;
 
     gw_problem_set(&p, status, slug, "%s", "");
-    va_start(ap, fmt);
     vsnprintf(p.detail, sizeof(p.detail), fmt, ap);
-    va_end(ap);
     gw_reply_problem(r, &p);
+}
+
+void gw_reply_problemf(gw_req_t *r, int status, const char *slug, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    gw_reply_problemv(r, status, slug, fmt, ap);
+    va_end(ap);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------------- */

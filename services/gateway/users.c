@@ -181,14 +181,11 @@ static void op_reply_json(auth_op_t *op, int status, json_t *doc)
 static __attribute__((format(printf, 4, 5))) void op_fail(auth_op_t *op, int status,
                                                           const char *slug, const char *fmt, ...)
 {
-    gw_problem_t p = {0};
     va_list ap;
 
-    gw_problem_set(&p, status, slug, "%s", "");
     va_start(ap, fmt);
-    vsnprintf(p.detail, sizeof(p.detail), fmt, ap);
+    gw_reply_problemv(op->r, status, slug, fmt, ap);
     va_end(ap);
-    gw_reply_problem(op->r, &p);
     op_free(op);
 }
 

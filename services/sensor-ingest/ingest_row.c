@@ -1,7 +1,6 @@
 /* ingest_row.c: record -> row conversion and its COPY / INSERT forms. */
 #include "ingest_row.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,113 +12,47 @@
 const char ingest_columns[] = "org_id, project_id, reading_id, sensor_id, ts, value, unit, tags, "
                               "request_id, kafka_partition, kafka_offset";
 
-/* Copies a header holding a UUID, lower-cased; false unless it is exactly 8-4-4-4-12 hex. */
-static bool ingest_uuid_copy(const void *v, size_t len, char out[37])
-{
-    const char *s = v;
-    if (len != 36)
-        return false;
-    for (size_t i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !isxdigit((unsigned char)s[i]))
-            return false;
-        out[i] = (char)tolower((unsigned char)s[i]);
-    }
-    out[36] = '\0';
-    return true;
-}
-
-static int ingest_header_uuid(const char *name, const void *v, size_t len, char out[37],
-                              char *reason, size_t reason_size)
-{
-    if (!v) {
-        snprintf(reason, reason_size, "missing header %s", name);
-        return -EINVAL;
-    }
-    if (!ingest_uuid_copy(v, len, out)) {
-        snprintf(reason, reason_size, "header %s is not a UUID", name);
-        return -EINVAL;
-    }
-    return 0;
-}
-
 int ingest_row_parse(const ingest_input_t *in, ingest_row_t *ret_row, char *reason,
                      size_t reason_size)
 {
     ingest_row_t row = {.partition = in->partition, .offset = in->offset};
-    json_t *doc = NULL;
-    int r = -EINVAL;
+    contract_reading_record_t rec;
+    const contract_record_in_t cin = {
+        .value = in->value,
+        .value_len = in->value_len,
+        .org_id = in->org_id,
+        .org_id_len = in->org_id_len,
+        .project_id = in->project_id,
+        .project_id_len = in->project_id_len,
+        .request_id = in->request_id,
+        .request_id_len = in->request_id_len,
+    };
+    int r = contract_reading_record_decode(&cin, &rec, reason, reason_size);
 
-    if (ingest_header_uuid("sb-org-id", in->org_id, in->org_id_len, row.org_id, reason,
-                           reason_size) < 0 ||
-        ingest_header_uuid("sb-project-id", in->project_id, in->project_id_len, row.project_id,
-                           reason, reason_size) < 0)
-        goto fail;
-
-    if (!in->value || in->value_len == 0) {
-        snprintf(reason, reason_size, "empty record value");
-        goto fail;
-    }
-    json_error_t jerr;
-    doc = json_loadb(in->value, in->value_len, 0, &jerr);
-    if (!doc) {
-        snprintf(reason, reason_size, "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        goto fail;
-    }
-
-    contract_reading_t reading;
-    contract_error_t cerr;
-    if (contract_reading_validate(doc, &reading, &cerr) < 0) {
-        snprintf(reason, reason_size, "%s: %s: %s", CONTRACT_READING_V1,
-                 cerr.pointer[0] ? cerr.pointer : "/", cerr.reason);
-        goto fail;
-    }
-    /* The gateway always fills id and ts; a record without them did not come through it. */
-    if (!reading.has_id || !reading.has_ts) {
-        snprintf(reason, reason_size, "reading has no %s (records must come from the gateway)",
-                 reading.has_id ? "ts" : "id");
-        goto fail;
-    }
-
-    memcpy(row.reading_id, reading.id, sizeof(row.reading_id));
-    snprintf(row.sensor_id, sizeof(row.sensor_id), "%s", reading.sensor_id);
-    row.ts_us = reading.ts_us;
-    row.value = reading.value;
-    row.has_unit = reading.has_unit;
-    if (reading.has_unit)
-        snprintf(row.unit, sizeof(row.unit), "%s", reading.unit);
-    if (reading.tags) {
-        row.tags_json = json_dumps(reading.tags, JSON_COMPACT | JSON_SORT_KEYS);
+    if (r < 0)
+        return r;
+    memcpy(row.org_id, rec.org_id, sizeof(row.org_id));
+    memcpy(row.project_id, rec.project_id, sizeof(row.project_id));
+    memcpy(row.reading_id, rec.reading.id, sizeof(row.reading_id));
+    snprintf(row.sensor_id, sizeof(row.sensor_id), "%s", rec.reading.sensor_id);
+    row.ts_us = rec.reading.ts_us;
+    row.value = rec.reading.value;
+    row.has_unit = rec.reading.has_unit;
+    if (rec.reading.has_unit)
+        snprintf(row.unit, sizeof(row.unit), "%s", rec.reading.unit);
+    if (rec.reading.tags) {
+        row.tags_json = json_dumps(rec.reading.tags, JSON_COMPACT | JSON_SORT_KEYS);
         if (!row.tags_json) {
-            r = -ENOMEM;
             snprintf(reason, reason_size, "out of memory");
-            goto fail;
+            contract_reading_record_clear(&rec);
+            return -ENOMEM;
         }
     }
-
-    /* The request id is only for tracing: keep it when it is short printable ASCII, which is
-     * what the gateway sends, rather than reject a reading over it. */
-    if (in->request_id && in->request_id_len > 0 && in->request_id_len <= INGEST_REQUEST_ID_MAX) {
-        const char *s = in->request_id;
-        bool ok = true;
-        for (size_t i = 0; i < in->request_id_len && ok; i++)
-            ok = s[i] > 0x20 && s[i] < 0x7f;
-        if (ok) {
-            memcpy(row.request_id, s, in->request_id_len);
-            row.request_id[in->request_id_len] = '\0';
-            row.has_request_id = true;
-        }
-    }
-
-    json_decref(doc);
+    row.has_request_id = rec.request_id[0] != '\0';
+    memcpy(row.request_id, rec.request_id, sizeof(row.request_id));
+    contract_reading_record_clear(&rec);
     *ret_row = row;
     return 0;
-
-fail:
-    json_decref(doc);
-    ingest_row_clear(&row);
-    return r;
 }
 
 void ingest_row_clear(ingest_row_t *row)

@@ -10,7 +10,7 @@
 
 #include "contract.h"
 
-#define INGEST_REQUEST_ID_MAX 128
+#define INGEST_REQUEST_ID_MAX CONTRACT_REQUEST_ID_MAX
 #define INGEST_NCOLS          11
 
 /* The parts of a record the conversion reads; every pointer is borrowed. */

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sb_test_pg.h"
 #include "auth_key.h"
 #include "db.h"
 #include "sb-config.h"
@@ -28,21 +29,12 @@ static char schema[64];
 static char pgoptions[128];
 static db_t *db;
 
-static const char *test_dsn(void)
-{
-    const char *dsn = getenv("SB_TEST_PG_DSN");
-    if (!dsn || !*dsn)
-        cr_assert_fail("SB_TEST_PG_DSN is not set: these tests need a PostgreSQL server "
-                       "(run them through scripts/test, or export a DSN of a throwaway database)");
-    return dsn;
-}
-
 static void setup(void)
 {
     snprintf(schema, sizeof(schema), "sbctl_test_%d", (int)getpid());
     snprintf(pgoptions, sizeof(pgoptions), "-c search_path=%s", schema);
     setenv("PGOPTIONS", pgoptions, 1);
-    cr_assert_eq(db_new(test_dsn(), &db), 0);
+    cr_assert_eq(db_new(sb_test_pg_dsn(), &db), 0);
     cr_assert(db_connected(db), "cannot connect to SB_TEST_PG_DSN: %s", db_errmsg(db));
     char sql[256];
     snprintf(sql, sizeof(sql), "DROP SCHEMA IF EXISTS %s CASCADE; CREATE SCHEMA %s", schema,
@@ -79,7 +71,7 @@ static run_t *sbctl(const char *const *env, const char *const *args)
         char *argv[32] = {(char *)SBCTL_BIN};
         for (int i = 0; args[i] && i < 30; i++)
             argv[i + 1] = (char *)args[i];
-        setenv("SB_PG_DSN", test_dsn(), 1);
+        setenv("SB_PG_DSN", sb_test_pg_dsn(), 1);
         setenv("SB_RUN_DIR", "/nonexistent", 1); /* no stack.env of a developer's stack */
         for (int i = 0; env && env[i]; i++)
             putenv((char *)env[i]);
@@ -275,7 +267,7 @@ Test(sbctl, pg_dsn_can_come_from_a_file)
     int fd = mkstemp(path);
     cr_assert_geq(fd, 0);
     FILE *f = fdopen(fd, "w");
-    fprintf(f, "%s\n", test_dsn());
+    fprintf(f, "%s\n", sb_test_pg_dsn());
     fclose(f);
 
     char file_env[64];

@@ -9,19 +9,10 @@
 
 #include <event2/event.h>
 
+#include "sb_test_pg.h"
 #include "db_pool.h"
 
 #define ORG_A "3f2b8c1e-9d4a-4e6b-8f0c-1a2b3c4d5e6f"
-
-/* A missing DSN fails loudly instead of passing without having tested anything. */
-static const char *test_dsn(void)
-{
-    const char *dsn = getenv("SB_TEST_PG_DSN");
-    if (!dsn || !*dsn)
-        cr_assert_fail("SB_TEST_PG_DSN is not set: these tests need a PostgreSQL server "
-                       "(run them through scripts/test, or export a DSN of a throwaway database)");
-    return dsn;
-}
 
 static int64_t now_ms(void)
 {
@@ -78,7 +69,7 @@ typedef struct fixture {
 
 static fixture_t fixture_new(size_t size, const db_pool_opts_t *opts)
 {
-    const char *dsn = test_dsn();
+    const char *dsn = sb_test_pg_dsn();
     fixture_t f = {.base = event_base_new()};
     cr_assert_not_null(f.base);
     cr_assert_eq(db_pool_new(f.base, dsn, size, opts, &f.pool), 0);
@@ -320,7 +311,7 @@ Test(db_pool, sql_error_is_einval_with_sqlstate_and_connection_survives)
 Test(db_pool, full_queue_is_eagain)
 {
     db_pool_opts_t opts = {.max_queue = 2};
-    const char *dsn = test_dsn();
+    const char *dsn = sb_test_pg_dsn();
     struct event_base *base = event_base_new();
     db_pool_t *pool = NULL;
     cr_assert_eq(db_pool_new(base, dsn, 1, &opts, &pool), 0);
@@ -451,7 +442,7 @@ Test(db_pool, idle_connection_killed_by_the_server_is_replaced_before_use)
     db_pool_opts_t opts = {.backoff_min_ms = 20};
     fixture_t f = fixture_new(1, &opts);
     db_pool_t *killer = NULL;
-    cr_assert_eq(db_pool_new(f.base, test_dsn(), 1, NULL, &killer), 0);
+    cr_assert_eq(db_pool_new(f.base, sb_test_pg_dsn(), 1, NULL, &killer), 0);
     char *pid = query_value(&f, NULL, "SELECT pg_backend_pid()::text", 0, NULL);
 
     answer_t k = {0};

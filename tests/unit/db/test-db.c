@@ -6,23 +6,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "sb_test_pg.h"
 #include "db.h"
 
 /* The server tests need a throwaway PostgreSQL; scripts/test provides the test stack's DSN. A
  * missing DSN fails loudly instead of passing without having tested anything. */
-static const char *test_dsn(void)
-{
-    const char *dsn = getenv("SB_TEST_PG_DSN");
-    if (!dsn || !*dsn)
-        cr_assert_fail("SB_TEST_PG_DSN is not set: these tests need a PostgreSQL server "
-                       "(run them through scripts/test, or export a DSN of a throwaway database)");
-    return dsn;
-}
 
 static db_t *test_db(void)
 {
     db_t *db = NULL;
-    cr_assert_eq(db_new(test_dsn(), &db), 0);
+    cr_assert_eq(db_new(sb_test_pg_dsn(), &db), 0);
     cr_assert(db_connected(db), "cannot connect to SB_TEST_PG_DSN: %s", db_errmsg(db));
     return db;
 }
