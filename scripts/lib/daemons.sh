@@ -8,9 +8,9 @@
 # GET /readyz must answer 200, then its settings as NAME=VALUE. Each setting becomes the
 # variable SB_<DAEMON>_<NAME> (svc_config's naming: "sensor-ingest" -> SB_SENSOR_INGEST_...);
 # VALUE is one of: listen pg kafka redis pepper jwt-secret s3-endpoint s3-access-key s3-secret-key
-# s3-bucket (see sb_stack_value). Adding a daemon is adding a line.
+# s3-bucket cors (see sb_stack_value). Adding a daemon is adding a line.
 SB_DAEMONS=(
-    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret"
+    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret REDIS_URL=redis CORS_ORIGINS=cors"
     "sensor-ingest  sb-sensor-ingest  SB_INGEST_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka"
     "anomaly-detector  sb-anomaly-detector  SB_ANOMALY_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg REDIS_URL=redis KAFKA_BOOTSTRAP_SERVERS=kafka"
 )
@@ -51,6 +51,7 @@ sb_stack_value() {
     s3-access-key) printf '%s' "$SB_S3_ACCESS_KEY" ;;
     s3-secret-key) printf '%s' "$SB_S3_SECRET_KEY" ;;
     s3-bucket) printf '%s' "$SB_S3_BUCKET" ;;
+    cors) printf '%s' "$SB_CORS_ORIGINS" ;;
     *) sb_die "SB_DAEMONS names an unknown stack value '$1'" ;;
     esac
 }
@@ -107,6 +108,10 @@ sb_daemon_kill() {
     if [[ ${sig#SIG} == KILL ]]; then
         while sb_pid_running "$pid"; do sleep 0.1; done
         rm -f "$(sb_pidfile "$D_NAME")"
+        # The main thread can be a zombie while other threads still exit and hold the sockets;
+        # the port is free once the last of them is gone.
+        local deadline=$((SECONDS + 10))
+        while sb_port_busy "$D_PORT" && ((SECONDS < deadline)); do sleep 0.1; done
     fi
 }
 

@@ -9,6 +9,13 @@
  * of authentication: users.c serves the /auth/ routes (register, token, me, refresh, logout),
  * people.c checks their fields and makes refresh tokens, pwpool.c runs argon2id off the event
  * loops.
+ *
+ * The API around them: routes.c holds the route table and dispatches (path parameters, 404/405,
+ * CORS preflight); auth.c turns a request's Authorization header into a gw_principal_t (an API
+ * key or a person's JWT) and applies rate limits; op.c carries an asynchronous request between
+ * database callbacks (gw_op_t) and holds the JSON body, query and cursor helpers. Endpoint
+ * families each live in one file: admin.c (projects, API keys, members, audit logs), sensors.c
+ * (sensors, reading queries, stats, anomalies), dashboard.c, orders.c, openapi.c.
  */
 #pragma once
 
@@ -35,6 +42,8 @@ struct event_base;
 struct evhttp;
 struct evhttp_bound_socket;
 struct evhttp_request;
+struct evkeyvalq;
+struct cache_async;
 
 /* ---- configuration (main.c) ------------------------------------------------------------- */
 
@@ -58,6 +67,22 @@ typedef struct gw_config {
     int64_t access_ttl_s;
     int64_t refresh_ttl_s;
     int64_t password_workers;
+    char *cors_origins;     /* "", "*", or a comma-separated allow-list */
+    int64_t key_rate_per_s; /* token bucket per API key (0: no limit) */
+    int64_t key_rate_burst;
+    int64_t user_rate_per_s; /* token bucket per person */
+    int64_t user_rate_burst;
+    char *redis_url; /* dashboard reads; NULL/empty: PostgreSQL only */
+    char *orders_topic;
+    /* Access tokens (users.c): our signing algorithm, and an optional external OIDC issuer. */
+    char *jwt_alg;              /* HS256 (jwt_secret), RS256 or ES256 (jwt_private_key_file) */
+    char *jwt_private_key_file; /* PEM */
+    char *oidc_issuer;          /* "": no external issuer */
+    char *oidc_audience;
+    char *oidc_jwks_file;
+    char *oidc_org_claim;   /* the claim holding our organization id */
+    char *oidc_roles_claim; /* the claim listing the issuer's groups */
+    char *oidc_role_map;    /* "group=role,...": which groups mean admin, operator, viewer */
 } gw_config_t;
 
 /* ---- problem+json (problem.c) ----------------------------------------------------------- */
@@ -152,6 +177,9 @@ typedef struct gw_key {
 
 typedef struct gw_keycache gw_keycache_t;
 
+/** Longest cache key: an API key prefix, or "p:" + a project UUID (project lookups). */
+#define GW_KEYCACHE_KEY_MAX 40
+
 /** A cache of lookups, shared by every thread (one mutex). Entries live @ttl_ms; at most
  *  @max_entries are kept. 0 or -ENOMEM. */
 int gw_keycache_new(int64_t ttl_ms, size_t max_entries, gw_keycache_t **ret_cache);
@@ -173,6 +201,12 @@ int gw_key_prepare(db_t *db);
 
 /** Looks @prefix up. 0 with ret_key->found telling whether it exists, or a db_exec() error. */
 int gw_key_fetch(db_t *db, const char *prefix, gw_key_t *ret_key);
+
+/** Registers the project lookup (project id -> organization) on @db. */
+int gw_project_prepare(db_t *db);
+/** Looks project @project_id up: 0 with ret->found, ret->org_id and ret->project_id, or a
+ *  db_exec() error. For people posting readings, who name their project per request. */
+int gw_project_fetch(db_t *db, const char *project_id, gw_key_t *ret);
 
 /** Parses a PostgreSQL text[] literal ("{ingest,read}") into GW_SCOPE_* bits. */
 unsigned gw_scopes_parse(const char *literal);
@@ -234,16 +268,41 @@ int gw_pwpool_submit(gw_pwpool_t *pool, struct event_base *base, const char *pas
 /* ---- metrics (metrics.c) ---------------------------------------------------------------- */
 
 typedef enum gw_route {
-    GW_ROUTE_INGEST,
+    GW_ROUTE_OTHER, /* 404s, 405s, and answers given before routing (408, 503 at the cap) */
     GW_ROUTE_HEALTHZ,
     GW_ROUTE_READYZ,
     GW_ROUTE_METRICS,
+    GW_ROUTE_OPENAPI,
+    GW_ROUTE_DOCS,
+    GW_ROUTE_PREFLIGHT, /* OPTIONS on any route (CORS) */
     GW_ROUTE_AUTH_REGISTER,
     GW_ROUTE_AUTH_TOKEN,
     GW_ROUTE_AUTH_ME,
     GW_ROUTE_AUTH_REFRESH,
     GW_ROUTE_AUTH_LOGOUT,
-    GW_ROUTE_OTHER, /* 404s, 405s, and answers given before routing (408, 503 at the cap) */
+    GW_ROUTE_INGEST,
+    GW_ROUTE_READINGS_LIST,
+    GW_ROUTE_SENSORS_CREATE,
+    GW_ROUTE_SENSORS_LIST,
+    GW_ROUTE_SENSORS_GET,
+    GW_ROUTE_SENSORS_STATS,
+    GW_ROUTE_ANOMALIES_COUNT,
+    GW_ROUTE_ANOMALIES_LIST,
+    GW_ROUTE_ORDERS_CREATE,
+    GW_ROUTE_ORDERS_LIST,
+    GW_ROUTE_ORDERS_GET,
+    GW_ROUTE_ORDERS_STATUS,
+    GW_ROUTE_DASHBOARD_METRICS,
+    GW_ROUTE_DASHBOARD_HEALTH,
+    GW_ROUTE_PROJECTS_CREATE,
+    GW_ROUTE_PROJECTS_LIST,
+    GW_ROUTE_KEYS_CREATE,
+    GW_ROUTE_KEYS_LIST,
+    GW_ROUTE_KEYS_REVOKE,
+    GW_ROUTE_MEMBERS_LIST,
+    GW_ROUTE_MEMBERS_ADD,
+    GW_ROUTE_MEMBERS_REMOVE,
+    GW_ROUTE_AUDIT_LIST,
     GW_ROUTE_COUNT,
 } gw_route_t;
 
@@ -256,6 +315,7 @@ typedef struct gw_metrics {
     svc_metric_t *key_cache_misses;
     svc_metric_t *connections_open;
     svc_metric_t *connections_rejected;
+    svc_metric_t *rate_limited;
     /* Requests by route and status code, registered on first use. */
     _Atomic(svc_metric_t *) requests[GW_ROUTE_COUNT][600];
 } gw_metrics_t;
@@ -263,12 +323,14 @@ typedef struct gw_metrics {
 int gw_metrics_init(gw_metrics_t *m, svc_metrics_t *registry);
 /** Counts one answered request and observes its latency. */
 void gw_metrics_request(gw_metrics_t *m, gw_route_t route, int status, double seconds);
+/** The route's label: "GET /sensors/{id}" (routes.c, from the route table). */
 const char *gw_route_name(gw_route_t route);
 
 /* ---- the process and its loops (main.c, server.c) ---------------------------------------- */
 
 typedef struct gw gw_t;
 typedef struct gw_loop gw_loop_t;
+typedef struct gw_ratelimit gw_ratelimit_t;
 typedef struct gw_conn gw_conn_t;
 typedef struct gw_pending gw_pending_t;
 
@@ -292,8 +354,11 @@ struct gw {
      * emails are verified against, so that they cost what a wrong password costs. */
     auth_jwt_key_t *jwt_key;
     auth_jwt_verifier_t *jwt_verifier;
+    auth_jwt_verifier_t *oidc_verifier; /* an external issuer's tokens; NULL when not configured */
     gw_pwpool_t *pwpool;
     char *dummy_phc;
+    gw_ratelimit_t *ratelimit; /* token buckets per API key and per person (auth.c) */
+    char **cors_origins;       /* NULL-terminated allow-list; NULL: no CORS; {"*"}: any */
 };
 
 /** One thread: its event base, evhttp server, Kafka completion queue and database handle. */
@@ -306,8 +371,9 @@ struct gw_loop {
     struct evhttp_bound_socket *bound;
     bus_notifier_t *notifier;
     db_t *db;
-    db_pool_t *pool;        /* asynchronous connections for /auth/ requests */
-    int64_t db_retry_at_ms; /* after a failed connect, fail fast until then */
+    db_pool_t *pool;           /* asynchronous connections for every route but ingest */
+    struct cache_async *redis; /* dashboard reads; NULL without redis_url */
+    int64_t db_retry_at_ms;    /* after a failed connect, fail fast until then */
     struct event *stop_ev;
     struct event *adopt_ev;
     struct event *drain_ev;
@@ -323,6 +389,9 @@ struct gw_loop {
     bool db_ok;
 };
 
+#define GW_MAX_PARAMS 2
+#define GW_PARAM_MAX  127
+
 /** One request being handled. Owned by the handler from dispatch until gw_reply*(), which
  *  answers it and frees it. */
 typedef struct gw_req {
@@ -334,7 +403,9 @@ typedef struct gw_req {
     char method[8];
     char path[128];
     char request_id[GW_REQUEST_ID_MAX + 1];
-    char key_prefix[AUTH_KEY_PREFIX_LEN + 1]; /* for the access log, when authenticated */
+    char key_prefix[AUTH_KEY_PREFIX_LEN + 1];     /* for the access log, when authenticated */
+    char params[GW_MAX_PARAMS][GW_PARAM_MAX + 1]; /* path parameters, in pattern order */
+    struct evkeyvalq *query;                      /* parsed on first gw_req_query() */
 } gw_req_t;
 
 /* server.c */
@@ -363,6 +434,10 @@ void gw_reply_problemf(gw_req_t *r, int status, const char *slug, const char *fm
 void gw_reply_problemv(gw_req_t *r, int status, const char *slug, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
+/** The query parameter @name of @r (percent-decoded), or NULL. The query string is parsed once;
+ *  a malformed one counts as empty. */
+const char *gw_req_query(gw_req_t *r, const char *name);
+
 /* ingest.c */
 void gw_ingest_handle(gw_req_t *r);
 /** At shutdown's deadline: answers every request still waiting on @loop with 503. */
@@ -381,8 +456,191 @@ int gw_auth_init(gw_t *gw);
 void gw_auth_stop(gw_t *gw);
 /** Frees what gw_auth_init() made. */
 void gw_auth_free(gw_t *gw);
+/** Verifies a person's access token: ours, or else the external OIDC issuer's when one is
+ *  configured. Like auth_jwt_verify(); *@ret_reason is the more telling of the two refusals. */
+int gw_jwt_verify(gw_t *gw, const char *token, size_t len, auth_jwt_verified_t **ret_claims,
+                  const char **ret_reason);
+
+/* ---- callers (auth.c) --------------------------------------------------------------------- */
+
+typedef enum gw_principal_kind {
+    GW_PRINCIPAL_KEY = 1 << 0,  /* a machine: Bearer lok_<prefix>.<secret> */
+    GW_PRINCIPAL_USER = 1 << 1, /* a person: Bearer <JWT access token> */
+} gw_principal_kind_t;
+
+/** Who is calling, once authenticated. Every query a handler makes is scoped by org_id (and RLS
+ *  enforces it: gw_op_query() runs as this organization). */
+typedef struct gw_principal {
+    gw_principal_kind_t kind;
+    char org_id[37];
+    char project_id[37]; /* an API key's project; "" for a person (they name one per request) */
+    char subject[64];    /* a person's user id, or "key:<prefix>" (audit logs' actor) */
+    unsigned scopes;     /* GW_SCOPE_* (keys) */
+    unsigned role;       /* one AUTH_ROLE_* bit (people) */
+} gw_principal_t;
+
+/**
+ * Authenticates @r's "Authorization: Bearer ..." as one of the kinds in @accept (a token starting
+ * "lok_" is an API key, anything else a JWT), then takes one token from the caller's rate-limit
+ * bucket. 0 with @ret filled, or a negative errno after answering: 401 (missing, malformed,
+ * unknown, revoked, expired, bad signature or claims; with WWW-Authenticate), 429 (rate limit,
+ * with Retry-After) or 503 (the key store is unreachable).
+ */
+int gw_authenticate(gw_req_t *r, unsigned accept, gw_principal_t *ret);
+
+/**
+ * Authorizes an authenticated caller: an API key needs every bit of @scopes (0: keys refused), a
+ * person needs a role at least @min_role (admin > operator > viewer; 0: people refused).
+ * 0, or -EACCES after answering 403 naming what is missing.
+ */
+int gw_authorize(gw_req_t *r, const gw_principal_t *who, unsigned scopes, unsigned min_role);
+
+/** gw_authenticate() + gw_authorize() with @accept derived from which of @scopes/@min_role is
+ *  set. */
+int gw_auth_require(gw_req_t *r, unsigned scopes, unsigned min_role, gw_principal_t *ret);
+
+/** "admin", "operator", "viewer" for one AUTH_ROLE_* bit; NULL otherwise. And back (0 when
+ *  unknown). */
+const char *gw_role_name(unsigned role);
+unsigned gw_role_parse(const char *name);
+
+/**
+ * Token buckets keyed by caller, shared by every loop (striped locks). Each bucket refills at
+ * @rate per second up to @burst. Idle buckets are dropped once full again.
+ */
+int gw_ratelimit_new(gw_ratelimit_t **ret);
+void gw_ratelimit_free(gw_ratelimit_t *rl);
+/** Takes one token from @key's bucket at @now_ms (monotonic). 0 when granted; otherwise -EAGAIN
+ *  with the milliseconds until a token is due in @ret_wait_ms. @rate 0 always grants. */
+int gw_ratelimit_take(gw_ratelimit_t *rl, const char *key, int64_t rate, int64_t burst,
+                      int64_t now_ms, int64_t *ret_wait_ms);
+
+/* ---- asynchronous requests (op.c) --------------------------------------------------------- */
+
+#define GW_DB_TIMEOUT_MS 5000
+
+typedef struct gw_op gw_op_t;
+
+/**
+ * A request being served across callbacks. Handlers embed it as the first member of their own
+ * state (struct sensors_op { gw_op_t op; ... }) and allocate with gw_op_new(). Every path ends in
+ * gw_op_reply*() or gw_op_fail*(), which answer @r and free the op (calling @cleanup first).
+ * Until then the request counts in loop->nwaiting, so that shutdown waits for it.
+ */
+struct gw_op {
+    gw_req_t *r;
+    gw_loop_t *loop;
+    gw_principal_t who;
+    void (*cleanup)(gw_op_t *op); /* optional: frees what the handler hung on its state */
+};
+
+/** Allocates @size zeroed bytes (at least sizeof(gw_op_t)) starting with a gw_op_t for @r and
+ *  @who (copied; may be NULL for unauthenticated routes). NULL after answering 500. */
+void *gw_op_new(gw_req_t *r, const gw_principal_t *who, size_t size);
+/** Answers @status with @doc (stolen) and frees @op. */
+void gw_op_reply_json(gw_op_t *op, int status, json_t *doc);
+/** Answers with @status and no body (204) and frees @op. */
+void gw_op_reply_empty(gw_op_t *op, int status);
+/** Answers a problem and frees @op. */
+void gw_op_fail(gw_op_t *op, int status, const char *slug, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/** Answers @p (the caller's; cleared here) and frees @op. */
+void gw_op_fail_problem(gw_op_t *op, gw_problem_t *p);
+/**
+ * A query callback's failure, mapped to an answer (and @op freed; @res is not cleared):
+ * unique violation 409 conflict, foreign key 422/404-ish "invalid-reference", data exception 422,
+ * RLS/privilege refusal 404, timeouts and unreachable database 503, anything else 500 (logged
+ * with the server's primary message only: DETAIL lines can quote row values).
+ */
+void gw_op_db_failed(gw_op_t *op, int err, PGresult *res);
+/** True (after answering and freeing @op) when the client is gone. Call first in callbacks. */
+bool gw_op_gone(gw_op_t *op);
+/**
+ * Sends @sql on the loop's pool as op->who's organization (app.org_id, see db_pool.h: row-level
+ * security scopes every statement to it). With no principal (org_id ""), as no organization.
+ * Returns 0 (then @cb runs later with @op as its opaque) or a negative errno after answering.
+ */
+int gw_op_query(gw_op_t *op, const char *sql, int nparams, const char *const *params,
+                db_pool_cb cb);
+
+/* JSON bodies and fields (op.c). */
+
+/** @r's body as one JSON object (Content-Type application/json or none), or NULL after
+ *  answering 400 malformed-json, 415 or 422 invalid-body. */
+json_t *gw_body_object(gw_req_t *r);
+/** Appends {"pointer": "/<field>", "reason": ...} to @errors. */
+void gw_field_error(json_t *errors, const char *field, const char *reason);
+/** The string member @key of @doc, or NULL with an error noted (type, or absent when
+ *  @required). */
+const char *gw_field_str(json_t *doc, const char *key, bool required, json_t *errors);
+/** Answers 422 invalid-fields naming every error and returns true; false (and @errors freed)
+ *  when there is none. Steals @errors. */
+bool gw_fields_rejected(gw_req_t *r, json_t *errors);
+/** True when Content-Type @ct is the media type @want (parameters ignored). */
+bool gw_content_type_is(const char *ct, const char *want);
+/** True for a canonical lower-case UUID. */
+bool gw_is_uuid(const char *s);
+
+/* Query parameters (op.c). Each returns 0 with the value (or @def when absent), or -EINVAL
+ * after answering 400 invalid-parameter naming @name and what was expected. */
+int gw_query_int(gw_req_t *r, const char *name, int64_t def, int64_t min, int64_t max,
+                 int64_t *ret);
+/** An RFC 3339 timestamp, as microseconds since the epoch. */
+int gw_query_time(gw_req_t *r, const char *name, int64_t def_us, int64_t *ret_us);
+/** A UUID (canonical, lower-case), or NULL in @ret when absent. */
+int gw_query_uuid(gw_req_t *r, const char *name, const char **ret);
+
+/* Keyset pagination: a cursor is an opaque base64url string wrapping a small JSON array of the
+ * last row's sort key. Decoding never trusts it beyond shape: it is only ever a bound parameter. */
+
+/** A malloc'd cursor for @key (not stolen), or NULL on ENOMEM. */
+char *gw_cursor_encode(json_t *key);
+/** The "cursor" query parameter: 0 with @ret_key NULL (absent) or a new reference to a JSON
+ *  array of @n elements; -EINVAL after answering 400 invalid-cursor. */
+int gw_query_cursor(gw_req_t *r, size_t n, json_t **ret_key);
+
+/* ---- endpoint families (each file's handlers; the method and path are checked already) ---- */
+
+/* admin.c */
+void gw_projects_create(gw_req_t *r);
+void gw_projects_list(gw_req_t *r);
+void gw_keys_create(gw_req_t *r);
+void gw_keys_list(gw_req_t *r);
+void gw_keys_revoke(gw_req_t *r); /* params[0]: key id */
+void gw_members_list(gw_req_t *r);
+void gw_members_add(gw_req_t *r);
+void gw_members_remove(gw_req_t *r); /* params[0]: user id */
+void gw_audit_list(gw_req_t *r);
+
+/* sensors.c */
+void gw_sensors_create(gw_req_t *r);
+void gw_sensors_list(gw_req_t *r);
+void gw_sensors_get(gw_req_t *r); /* params[0]: sensor id */
+void gw_readings_list(gw_req_t *r);
+void gw_sensors_stats(gw_req_t *r);
+void gw_anomalies_count(gw_req_t *r);
+void gw_anomalies_list(gw_req_t *r);
+
+/* dashboard.c */
+void gw_dashboard_metrics(gw_req_t *r);
+void gw_dashboard_health(gw_req_t *r);
+
+/* orders.c */
+void gw_orders_create(gw_req_t *r);
+void gw_orders_list(gw_req_t *r);
+void gw_orders_get(gw_req_t *r);    /* params[0]: order id */
+void gw_orders_status(gw_req_t *r); /* params[0]: order id */
+
+/* openapi.c */
+void gw_openapi_json(gw_req_t *r);
+void gw_openapi_docs(gw_req_t *r);
 
 /* routes.c */
+/** Routes @r by method and path (filling r->route and r->params) and calls its handler; answers
+ *  404, 405 (with Allow) or a CORS preflight itself. */
+void gw_route_dispatch(gw_req_t *r, const char *method);
+/** Adds the CORS response headers for @r's Origin when it is allowed (every answer). */
+void gw_cors_headers(gw_req_t *r);
 void gw_route_healthz(gw_req_t *r);
 void gw_route_readyz(gw_req_t *r);
 void gw_route_metrics(gw_req_t *r);

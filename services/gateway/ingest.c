@@ -1,10 +1,10 @@
 /* ingest.c: POST /sensors/data.
  *
- * Authenticate (lok_ API key with the ingest scope), decode and validate the whole body, produce
- * every reading, and answer only when Kafka has acknowledged every one of them (acks=all): 202
- * with the reading ids, or 503 + Retry-After when any record failed, the local queue was full,
- * or the acks did not all arrive within produce_timeout_ms. Never a 2xx for a record Kafka does
- * not have.
+ * Authenticate (an API key with the ingest scope, or a person's access token with the operator
+ * role and ?project_id=), decode and validate the whole body, produce every reading, and answer
+ * only when Kafka has acknowledged every one of them (acks=all): 202 with the reading ids, or 503 +
+ * Retry-After when any record failed, the local queue was full, or the acks did not all arrive
+ * within produce_timeout_ms. Never a 2xx for a record Kafka does not have.
  *
  * A 503 does not mean "nothing was written": records acknowledged before (or after) the answer
  * stay in Kafka. Clients retry with the same reading ids, and consumers store each id once, so
@@ -139,77 +139,56 @@ void gw_ingest_release(gw_loop_t *loop)
     }
 }
 
-/* Authenticates the request. 0 with @ret_key filled, or a negative errno after answering. */
-static int authenticate(gw_req_t *r, gw_key_t *ret_key)
+/* The caller, and the project its readings go to: an API key's own project, or for a person
+ * (operator or admin) the project named by ?project_id=, which must be their organization's.
+ * 0, or a negative errno after answering. */
+static int ingest_caller(gw_req_t *r, gw_principal_t *who)
 {
     gw_t *gw = r->loop->gw;
-    const char *header = gw_req_get_header(r, "Authorization"), *token;
-    char prefix[AUTH_KEY_PREFIX_LEN + 1], secret[AUTH_KEY_SECRET_LEN + 1];
-    size_t len;
-    bool ok;
+    char ckey[GW_KEYCACHE_KEY_MAX + 1];
+    const char *project_id;
+    gw_key_t proj;
     int rc;
 
-    if (!header) {
-        gw_reply_problemf(r, 401, "unauthorized",
-                          "send an API key as \"Authorization: Bearer lok_<prefix>.<secret>\"");
-        return -EPERM;
+    if ((rc = gw_auth_require(r, GW_SCOPE_INGEST, AUTH_ROLE_OPERATOR, who)) < 0)
+        return rc;
+    if (who->kind == GW_PRINCIPAL_KEY)
+        return 0;
+    if ((rc = gw_query_uuid(r, "project_id", &project_id)) < 0)
+        return rc;
+    if (!project_id) {
+        gw_reply_problemf(r, 400, "invalid-parameter",
+                          "project_id is required when a person posts readings "
+                          "(POST /sensors/data?project_id=<uuid>)");
+        return -EINVAL;
     }
-    if (auth_bearer_token(header, &token, &len) < 0 ||
-        auth_key_parse(token, len, prefix, secret) < 0) {
-        gw_reply_problemf(r, 401, "unauthorized",
-                          "the Authorization header does not hold a Bearer API key of the form "
-                          "lok_<prefix>.<secret>");
-        return -EPERM;
-    }
-    memcpy(r->key_prefix, prefix, sizeof(prefix));
-
-    if (gw_keycache_get(gw->keys, prefix, svc_now_ms(), ret_key)) {
-        svc_metric_inc(gw->metrics.key_cache_hits);
-    } else {
+    snprintf(ckey, sizeof(ckey), "p:%s", project_id);
+    if (!gw_keycache_get(gw->keys, ckey, svc_now_ms(), &proj)) {
         db_t *db;
 
-        svc_metric_inc(gw->metrics.key_cache_misses);
         rc = gw_loop_db(r->loop, &db);
         if (rc == 0)
-            rc = gw_key_fetch(db, prefix, ret_key);
+            rc = gw_project_fetch(db, project_id, &proj);
         if (rc < 0) {
             gw_loop_db_failed(r->loop);
-            explicit_bzero(secret, sizeof(secret));
-            log_warn("API key lookup failed: %s",
+            log_warn("project lookup failed: %s",
                      db_errmsg(r->loop->db)[0] ? db_errmsg(r->loop->db) : strerror(-rc));
             gw_reply_problemf(r, 503, "unavailable",
-                              "the API key cannot be checked right now (database unavailable)");
+                              "the project cannot be checked right now (database unavailable)");
             return rc;
         }
-        gw_keycache_put(gw->keys, prefix, ret_key, svc_now_ms());
+        gw_keycache_put(gw->keys, ckey, &proj, svc_now_ms());
     }
-
-    /* Verify the secret before saying anything about the key's state, so that only the key's
-     * holder learns that it was revoked or expired. */
-    ok = ret_key->found && auth_key_verify(gw->cfg.key_pepper, strlen(gw->cfg.key_pepper), secret,
-                                           ret_key->secret_hash);
-    explicit_bzero(secret, sizeof(secret));
-    if (!ok) {
-        gw_reply_problemf(r, 401, "unauthorized", "the API key is not valid");
-        return -EPERM;
+    if (!proj.found || strcmp(proj.org_id, who->org_id) != 0) {
+        gw_reply_problemf(r, 404, "not-found", "your organization has no project %s", project_id);
+        return -ENOENT;
     }
-    if (ret_key->revoked) {
-        gw_reply_problemf(r, 401, "unauthorized", "the API key has been revoked");
-        return -EPERM;
-    }
-    if (svc_wall_us() >= ret_key->expires_us) {
-        gw_reply_problemf(r, 401, "unauthorized", "the API key has expired");
-        return -EPERM;
-    }
-    if (!(ret_key->scopes & GW_SCOPE_INGEST)) {
-        gw_reply_problemf(r, 403, "forbidden", "the API key lacks the \"ingest\" scope");
-        return -EACCES;
-    }
+    memcpy(who->project_id, project_id, sizeof(who->project_id));
     return 0;
 }
 
 /* Enqueues every reading. Returns the number enqueued; stops at the first failure (@ret_err). */
-static size_t produce(gw_pending_t *p, gw_req_t *r, const gw_key_t *key, gw_batch_t *batch,
+static size_t produce(gw_pending_t *p, gw_req_t *r, const gw_principal_t *who, gw_batch_t *batch,
                       int *ret_err)
 {
     gw_loop_t *loop = r->loop;
@@ -218,15 +197,15 @@ static size_t produce(gw_pending_t *p, gw_req_t *r, const gw_key_t *key, gw_batc
         {"content-type", "application/json", strlen("application/json")},
         {"sb-contract", CONTRACT_READING_V1, strlen(CONTRACT_READING_V1)},
         {"sb-request-id", r->request_id, strlen(r->request_id)},
-        {"sb-org-id", key->org_id, strlen(key->org_id)},
-        {"sb-project-id", key->project_id, strlen(key->project_id)},
+        {"sb-org-id", who->org_id, strlen(who->org_id)},
+        {"sb-project-id", who->project_id, strlen(who->project_id)},
     };
     size_t i;
 
     *ret_err = 0;
     for (i = 0; i < batch->n; i++) {
         contract_reading_t *reading = &batch->readings[i];
-        char k[sizeof(key->project_id) + CONTRACT_SENSOR_ID_MAX + 2];
+        char k[sizeof(who->project_id) + CONTRACT_SENSOR_ID_MAX + 2];
         char *value;
         int klen, rc;
 
@@ -248,7 +227,7 @@ static size_t produce(gw_pending_t *p, gw_req_t *r, const gw_key_t *key, gw_batc
             *ret_err = -ENOMEM;
             break;
         }
-        klen = snprintf(k, sizeof(k), "%s/%s", key->project_id, reading->sensor_id);
+        klen = snprintf(k, sizeof(k), "%s/%s", who->project_id, reading->sensor_id);
         p->refs++;
         rc = bus_producer_produce(loop->gw->producer, loop->gw->cfg.topic, k, (size_t)klen, value,
                                   strlen(value), headers, sizeof(headers) / sizeof(headers[0]),
@@ -275,10 +254,10 @@ void gw_ingest_handle(gw_req_t *r)
                          .tv_usec = (loop->gw->cfg.produce_timeout_ms % 1000) * 1000};
     size_t len = evbuffer_get_length(input), sent, n;
     const char *body;
-    gw_key_t key;
+    gw_principal_t who;
     int rc;
 
-    if (authenticate(r, &key) < 0)
+    if (ingest_caller(r, &who) < 0)
         return;
     if (gw_body_format(gw_req_get_header(r, "Content-Type"), &format, &problem) < 0)
         goto problem;
@@ -322,7 +301,7 @@ void gw_ingest_handle(gw_req_t *r)
     loop->pending = p;
 
     n = batch.n;
-    sent = produce(p, r, &key, &batch, &rc);
+    sent = produce(p, r, &who, &batch, &rc);
     gw_batch_clear(&batch);
     if (rc == -EIO && !atomic_exchange(&loop->gw->producer_failed, true)) {
         /* The idempotent producer can no longer guarantee order and no duplicates; librdkafka

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,7 +17,7 @@
 
 typedef struct keycache_entry {
     struct keycache_entry *next;
-    char prefix[AUTH_KEY_PREFIX_LEN + 1];
+    char prefix[GW_KEYCACHE_KEY_MAX + 1];
     int64_t stamp_ms;
     gw_key_t key;
 } keycache_entry_t;
@@ -125,7 +126,7 @@ void gw_keycache_put(gw_keycache_t *c, const char *prefix, const gw_key_t *key, 
          * rather than evict keys that real devices are using. */
         if (c->count >= c->max_entries || !(e = calloc(1, sizeof(*e))))
             goto out;
-        strncpy(e->prefix, prefix, AUTH_KEY_PREFIX_LEN);
+        snprintf(e->prefix, sizeof(e->prefix), "%s", prefix);
         e->next = *head;
         *head = e;
         c->count++;
@@ -205,6 +206,32 @@ int gw_key_fetch(db_t *db, const char *prefix, gw_key_t *ret_key)
         ret_key->revoked = PQgetvalue(res, 0, 4)[0] == 't';
         ret_key->expires_us =
             PQgetisnull(res, 0, 5) ? INT64_MAX : strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+    }
+    PQclear(res);
+    return 0;
+}
+
+#define PROJECT_LOOKUP "gw_project_lookup"
+
+int gw_project_prepare(db_t *db)
+{
+    return db_prepare(db, PROJECT_LOOKUP, "SELECT org_id FROM projects WHERE id = $1", 1);
+}
+
+int gw_project_fetch(db_t *db, const char *project_id, gw_key_t *ret)
+{
+    const char *params[] = {project_id};
+    PGresult *res = NULL;
+    int r;
+
+    memset(ret, 0, sizeof(*ret));
+    r = db_exec(db, PROJECT_LOOKUP, NULL, 1, params, &res);
+    if (r < 0)
+        return r;
+    if (PQntuples(res) == 1) {
+        ret->found = true;
+        snprintf(ret->org_id, sizeof(ret->org_id), "%s", PQgetvalue(res, 0, 0));
+        snprintf(ret->project_id, sizeof(ret->project_id), "%s", project_id);
     }
     PQclear(res);
     return 0;

@@ -52,7 +52,8 @@ static const svc_conf_entry_t gw_conf_table[] = {
     {SVC_CONF_STR, "topic", "sensor.readings.v1", OFF(topic), "Kafka topic for readings", 0, 0, 0},
     {SVC_CONF_STR, "log_level", "info", OFF(log_level), "debug, info, warn or error", 0, 0, 0},
     {SVC_CONF_STR, "jwt_secret", NULL, OFF(jwt_secret),
-     "HS256 key that people's access tokens are signed with, at least 32 bytes (required)",
+     "HS256 key that people's access tokens are signed with, at least 32 bytes (required with "
+     "jwt_alg HS256)",
      SVC_CONF_SECRET, 0, 0},
     {SVC_CONF_STR, "jwt_issuer", "sensorbus", OFF(jwt_issuer), "access tokens' iss claim", 0, 0, 0},
     {SVC_CONF_STR, "jwt_audience", "sensorbus-api", OFF(jwt_audience), "access tokens' aud claim",
@@ -63,8 +64,79 @@ static const svc_conf_entry_t gw_conf_table[] = {
      "refresh token lifetime in seconds", 0, 60, 31536000},
     {SVC_CONF_INT, "password_workers", "2", OFF(password_workers),
      "threads that hash and check passwords (argon2id), off the event loops", 0, 1, 64},
+    {SVC_CONF_STR, "cors_origins", "", OFF(cors_origins),
+     "browser origins allowed by CORS: empty (none), \"*\" (any: development only) or a "
+     "comma-separated allow-list such as https://app.example.com",
+     0, 0, 0},
+    {SVC_CONF_INT, "key_rate_per_s", "1000", OFF(key_rate_per_s),
+     "requests per second per API key (token bucket refill; 0 = unlimited)", 0, 0, 10000000},
+    {SVC_CONF_INT, "key_rate_burst", "2000", OFF(key_rate_burst),
+     "requests an idle API key may send at once (token bucket size)", 0, 1, 10000000},
+    {SVC_CONF_INT, "user_rate_per_s", "50", OFF(user_rate_per_s),
+     "requests per second per person (token bucket refill; 0 = unlimited)", 0, 0, 10000000},
+    {SVC_CONF_INT, "user_rate_burst", "100", OFF(user_rate_burst),
+     "requests an idle person may send at once (token bucket size)", 0, 1, 10000000},
+    {SVC_CONF_STR, "redis_url", "", OFF(redis_url),
+     "Redis for the dashboard's live aggregates (redis://host:port/db); empty = PostgreSQL only",
+     SVC_CONF_SECRET, 0, 0},
+    {SVC_CONF_STR, "orders_topic", "orders.v1", OFF(orders_topic), "Kafka topic for orders", 0, 0,
+     0},
+    {SVC_CONF_STR, "jwt_alg", "HS256", OFF(jwt_alg),
+     "how access tokens are signed: HS256 (jwt_secret), RS256 or ES256 (jwt_private_key_file)", 0,
+     0, 0},
+    {SVC_CONF_STR, "jwt_private_key_file", "", OFF(jwt_private_key_file),
+     "PEM private key (RSA >= 2048 bits or EC P-256) for jwt_alg RS256 or ES256", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_issuer", "", OFF(oidc_issuer),
+     "an external OIDC issuer whose tokens are accepted too (its iss); empty = none", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_audience", "", OFF(oidc_audience),
+     "the aud the external issuer's tokens must carry (Cognito: the app client id)", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_jwks_file", "", OFF(oidc_jwks_file),
+     "the external issuer's signing keys, a JWKS file (its /.well-known/jwks.json)", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_org_claim", "custom:org", OFF(oidc_org_claim),
+     "the external token's claim holding the sensorbus organization id", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_roles_claim", "cognito:groups", OFF(oidc_roles_claim),
+     "the external token's claim listing the caller's groups", 0, 0, 0},
+    {SVC_CONF_STR, "oidc_role_map", "", OFF(oidc_role_map),
+     "which of the issuer's groups grant which role: group=admin|operator|viewer,... (others are "
+     "ignored)",
+     0, 0, 0},
     {SVC_CONF_END, NULL, NULL, 0, NULL, 0, 0, 0},
 };
+
+/* Splits cors_origins into gw->cors_origins (NULL when empty). */
+static int cors_parse(gw_t *gw)
+{
+    const char *s = gw->cfg.cors_origins;
+    size_t n = 1, i = 0;
+
+    if (!s || !*s)
+        return 0;
+    for (const char *c = s; *c; c++)
+        n += *c == ',';
+    gw->cors_origins = calloc(n + 1, sizeof(char *));
+    if (!gw->cors_origins)
+        return -ENOMEM;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        const char *b = s, *e = s + len;
+
+        while (b < e && *b == ' ')
+            b++;
+        while (e > b && e[-1] == ' ')
+            e--;
+        if (e > b && !(gw->cors_origins[i++] = strndup(b, (size_t)(e - b))))
+            return -ENOMEM;
+        s += len + (s[len] == ',');
+    }
+    return 0;
+}
+
+static void cors_free(gw_t *gw)
+{
+    for (char **o = gw->cors_origins; o && *o; o++)
+        free(*o);
+    free(gw->cors_origins);
+}
 
 /* librdkafka's log lines, as ours. Its levels are syslog's. */
 static void kafka_log(int level, const char *fac, const char *msg)
@@ -90,7 +162,8 @@ static int check_config(gw_t *gw)
         log_error("pg_dsn is required: set SB_GATEWAY_PG_DSN or SB_GATEWAY_PG_DSN_FILE");
         return -EINVAL;
     }
-    if (!cfg->jwt_secret || strlen(cfg->jwt_secret) < AUTH_JWT_HS_SECRET_MIN) {
+    if (strcmp(cfg->jwt_alg, "HS256") == 0 &&
+        (!cfg->jwt_secret || strlen(cfg->jwt_secret) < AUTH_JWT_HS_SECRET_MIN)) {
         log_error("jwt_secret is required and must be at least %d bytes: set "
                   "SB_GATEWAY_JWT_SECRET or SB_GATEWAY_JWT_SECRET_FILE (the key people's access "
                   "tokens are signed with)",
@@ -167,7 +240,8 @@ int main(int argc, char **argv)
     if (gw_auth_init(&gw) < 0)
         goto out;
     if (gw_metrics_init(&gw.metrics, svc_metrics_default()) < 0 ||
-        gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0) {
+        gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0 ||
+        gw_ratelimit_new(&gw.ratelimit) < 0 || cors_parse(&gw) < 0) {
         log_error("out of memory");
         goto out;
     }
@@ -227,6 +301,8 @@ out:
     if (gw.listen_fd >= 0)
         close(gw.listen_fd);
     gw_keycache_free(gw.keys);
+    gw_ratelimit_free(gw.ratelimit);
+    cors_free(&gw);
     gw_auth_free(&gw);
     svc_conf_free(gw.conf);
     svc_conf_target_free(gw_conf_table, &gw.cfg);

@@ -4,31 +4,13 @@
 
 #include "gateway.h"
 
-static const char *const route_names[GW_ROUTE_COUNT] = {
-    [GW_ROUTE_INGEST] = "/sensors/data",
-    [GW_ROUTE_HEALTHZ] = "/healthz",
-    [GW_ROUTE_READYZ] = "/readyz",
-    [GW_ROUTE_METRICS] = "/metrics",
-    [GW_ROUTE_AUTH_REGISTER] = "/auth/register",
-    [GW_ROUTE_AUTH_TOKEN] = "/auth/token",
-    [GW_ROUTE_AUTH_ME] = "/auth/me",
-    [GW_ROUTE_AUTH_REFRESH] = "/auth/refresh",
-    [GW_ROUTE_AUTH_LOGOUT] = "/auth/logout",
-    [GW_ROUTE_OTHER] = "other",
-};
-
-const char *gw_route_name(gw_route_t route)
-{
-    return route_names[route];
-}
-
 int gw_metrics_init(gw_metrics_t *m, svc_metrics_t *registry)
 {
-    char labels[64];
+    char labels[96];
 
     m->registry = registry;
     for (int i = 0; i < GW_ROUTE_COUNT; i++) {
-        snprintf(labels, sizeof(labels), "route=\"%s\"", route_names[i]);
+        snprintf(labels, sizeof(labels), "route=\"%s\"", gw_route_name((gw_route_t)i));
         m->latency[i] =
             svc_metrics_histogram(registry, "sb_gateway_http_request_duration_seconds",
                                   "Time from the request's arrival to its answer, by route.",
@@ -51,8 +33,12 @@ int gw_metrics_init(gw_metrics_t *m, svc_metrics_t *registry)
     m->connections_rejected = svc_metrics_counter(
         registry, "sb_gateway_connections_rejected_total",
         "Connections refused with 503 because max_connections was reached.", NULL);
+    m->rate_limited = svc_metrics_counter(
+        registry, "sb_gateway_rate_limited_total",
+        "Requests answered 429 because the caller's token bucket was empty.", NULL);
     if (!m->readings_accepted || !m->produce_failures || !m->key_cache_hits ||
-        !m->key_cache_misses || !m->connections_open || !m->connections_rejected)
+        !m->key_cache_misses || !m->connections_open || !m->connections_rejected ||
+        !m->rate_limited)
         return -ENOMEM;
     return 0;
 }
@@ -65,11 +51,11 @@ void gw_metrics_request(gw_metrics_t *m, gw_route_t route, int status, double se
         status = 599;
     c = atomic_load_explicit(&m->requests[route][status], memory_order_acquire);
     if (!c) {
-        char labels[64];
+        char labels[96];
 
         /* Two threads may race to register the same series; the registry returns the same
          * metric to both. */
-        snprintf(labels, sizeof(labels), "code=\"%d\",route=\"%s\"", status, route_names[route]);
+        snprintf(labels, sizeof(labels), "code=\"%d\",route=\"%s\"", status, gw_route_name(route));
         c = svc_metrics_counter(m->registry, "sb_gateway_http_requests_total",
                                 "HTTP requests answered, by route and status code.", labels);
         if (c)

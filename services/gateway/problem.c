@@ -29,6 +29,12 @@ static const struct {
     {"unavailable", "Service unavailable"},
     {"too-many-connections", "Too many connections"},
     {"internal-error", "Internal server error"},
+    {"not-implemented", "Not implemented"},
+    {"invalid-parameter", "Invalid query parameter"},
+    {"invalid-cursor", "Invalid cursor"},
+    {"invalid-reference", "Invalid reference"},
+    {"rate-limited", "Too many requests"},
+    {"idempotency-conflict", "Idempotency key reused with another request"},
 };
 
 void gw_problem_set(gw_problem_t *p, int status, const char *slug, const char *fmt, ...)

@@ -47,6 +47,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 
+#include "cache.h"
 #include "gateway.h"
 #include "svc_lifecycle.h"
 #include "svc_log.h"
@@ -419,6 +420,7 @@ void gw_reply(gw_req_t *r, int status, const char *content_type, const char *bod
         if (content_type)
             evhttp_add_header(h, "Content-Type", content_type);
         evhttp_add_header(h, "X-Request-Id", r->request_id);
+        gw_cors_headers(r);
         if (loop->stopping)
             evhttp_add_header(h, "Connection", "close");
         if (buf)
@@ -441,7 +443,28 @@ void gw_reply(gw_req_t *r, int status, const char *content_type, const char *bod
             "%s %s %d duration_ms=%.3f key_prefix=%s%s", r->method, r->path, status, seconds * 1e3,
             r->key_prefix[0] ? r->key_prefix : "-", r->evreq ? "" : " (client gone)");
     svc_log_set_request_id(NULL);
+    if (r->query) {
+        evhttp_clear_headers(r->query);
+        free(r->query);
+    }
     free(r);
+}
+
+const char *gw_req_query(gw_req_t *r, const char *name)
+{
+    if (!r->query) {
+        const struct evhttp_uri *uri = r->evreq ? evhttp_request_get_evhttp_uri(r->evreq) : NULL;
+        const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+
+        r->query = calloc(1, sizeof(*r->query));
+        if (!r->query)
+            return NULL;
+        r->query->tqh_first = NULL; /* TAILQ_INIT, without <sys/queue.h> */
+        r->query->tqh_last = &r->query->tqh_first;
+        if (q && evhttp_parse_query_str(q, r->query) < 0)
+            evhttp_clear_headers(r->query);
+    }
+    return evhttp_find_header(r->query, name);
 }
 
 void gw_reply_json(gw_req_t *r, int status, json_t *doc)
@@ -544,7 +567,6 @@ static void dispatch(struct evhttp_request *evreq, void *arg)
     enum evhttp_cmd_type method = evhttp_request_get_command(evreq);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(evreq);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-    bool get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
     gw_req_t *r;
 
     if (!path || !*path)
@@ -573,25 +595,6 @@ static void dispatch(struct evhttp_request *evreq, void *arg)
     }
     gw_req_enter(r);
 
-    if (strcmp(path, "/sensors/data") == 0)
-        r->route = GW_ROUTE_INGEST;
-    else if (strcmp(path, "/healthz") == 0)
-        r->route = GW_ROUTE_HEALTHZ;
-    else if (strcmp(path, "/readyz") == 0)
-        r->route = GW_ROUTE_READYZ;
-    else if (strcmp(path, "/metrics") == 0)
-        r->route = GW_ROUTE_METRICS;
-    else if (strcmp(path, "/auth/register") == 0)
-        r->route = GW_ROUTE_AUTH_REGISTER;
-    else if (strcmp(path, "/auth/token") == 0)
-        r->route = GW_ROUTE_AUTH_TOKEN;
-    else if (strcmp(path, "/auth/me") == 0)
-        r->route = GW_ROUTE_AUTH_ME;
-    else if (strcmp(path, "/auth/refresh") == 0)
-        r->route = GW_ROUTE_AUTH_REFRESH;
-    else if (strcmp(path, "/auth/logout") == 0)
-        r->route = GW_ROUTE_AUTH_LOGOUT;
-
     if (header_bytes(evreq) > (size_t)cfg->max_header_bytes) {
         gw_reply_problemf(r, 431, "headers-too-large",
                           "the request line and headers may total at most %lld bytes",
@@ -604,53 +607,7 @@ static void dispatch(struct evhttp_request *evreq, void *arg)
                           (long long)cfg->max_body_bytes);
         return;
     }
-    switch (r->route) {
-    case GW_ROUTE_INGEST:
-        if (method != EVHTTP_REQ_POST) {
-            gw_req_header(r, "Allow", "POST");
-            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only POST", path);
-            return;
-        }
-        gw_ingest_handle(r);
-        return;
-    case GW_ROUTE_AUTH_REGISTER:
-    case GW_ROUTE_AUTH_TOKEN:
-    case GW_ROUTE_AUTH_REFRESH:
-    case GW_ROUTE_AUTH_LOGOUT:
-        if (method != EVHTTP_REQ_POST) {
-            gw_req_header(r, "Allow", "POST");
-            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only POST", path);
-            return;
-        }
-        gw_auth_handle(r);
-        return;
-    case GW_ROUTE_AUTH_ME:
-        if (method != EVHTTP_REQ_GET) {
-            gw_req_header(r, "Allow", "GET");
-            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only GET", path);
-            return;
-        }
-        gw_auth_handle(r);
-        return;
-    case GW_ROUTE_HEALTHZ:
-    case GW_ROUTE_READYZ:
-    case GW_ROUTE_METRICS:
-        if (!get) {
-            gw_req_header(r, "Allow", "GET, HEAD");
-            gw_reply_problemf(r, 405, "method-not-allowed", "%s accepts only GET and HEAD", path);
-            return;
-        }
-        if (r->route == GW_ROUTE_HEALTHZ)
-            gw_route_healthz(r);
-        else if (r->route == GW_ROUTE_READYZ)
-            gw_route_readyz(r);
-        else
-            gw_route_metrics(r);
-        return;
-    default:
-        gw_reply_problemf(r, 404, "not-found", "no route for %s", r->path);
-        return;
-    }
+    gw_route_dispatch(r, r->method);
 }
 
 /* ---- loops ------------------------------------------------------------------------------- */
@@ -788,6 +745,8 @@ int gw_loop_init(gw_loop_t *loop)
         return r;
     }
     r = gw_key_prepare(loop->db);
+    if (r == 0)
+        r = gw_project_prepare(loop->db);
     if (r < 0) {
         log_error("cannot prepare the API key lookup: %s", db_errmsg(loop->db));
         return r;
@@ -798,6 +757,14 @@ int gw_loop_init(gw_loop_t *loop)
     if (r < 0) {
         log_error("cannot create the database pool: %s", strerror(-r));
         return r;
+    }
+    /* The dashboard reads Redis when there is one; it connects (and reconnects) in the loop. */
+    if (cfg->redis_url && *cfg->redis_url) {
+        r = cache_async_new(loop->base, cfg->redis_url, 500, &loop->redis);
+        if (r < 0) {
+            log_error("cannot create the Redis client: %s", strerror(-r));
+            return r;
+        }
     }
     return 0;
 }
@@ -834,6 +801,8 @@ void gw_loop_teardown(gw_loop_t *loop)
      * loop left in flight are cancelled here, and their callbacks free what waits on them. */
     db_pool_free(loop->pool);
     loop->pool = NULL;
+    cache_async_free(loop->redis);
+    loop->redis = NULL;
     gw_ingest_release(loop);
     if (loop->adopt_ev)
         event_free(loop->adopt_ev);

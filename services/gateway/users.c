@@ -100,33 +100,6 @@ static void wipe_free(char *s)
     }
 }
 
-static bool is_uuid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        char c = s[i];
-
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-    }
-    return true;
-}
-
-static unsigned role_bit(const char *role)
-{
-    if (!role)
-        return 0;
-    if (strcmp(role, "admin") == 0)
-        return AUTH_ROLE_ADMIN;
-    if (strcmp(role, "operator") == 0)
-        return AUTH_ROLE_OPERATOR;
-    if (strcmp(role, "viewer") == 0)
-        return AUTH_ROLE_VIEWER;
-    return 0;
-}
-
 static json_t *roles_json(unsigned roles)
 {
     json_t *a = json_array();
@@ -244,83 +217,6 @@ static int op_password(auth_op_t *op, const char *password, const char *phc, gw_
 
 /* ---- request bodies ------------------------------------------------------------------------ */
 
-static bool content_type_is(const char *ct, const char *want)
-{
-    size_t n = strlen(want);
-
-    return ct && strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
-}
-
-/* The body as one JSON object, or NULL after answering. */
-static json_t *body_json(gw_req_t *r)
-{
-    struct evbuffer *input = evhttp_request_get_input_buffer(r->evreq);
-    const char *ct = gw_req_get_header(r, "Content-Type");
-    size_t len = evbuffer_get_length(input);
-    const char *body;
-    json_error_t jerr;
-    json_t *doc;
-
-    if (ct && !content_type_is(ct, "application/json")) {
-        gw_reply_problemf(r, 415, "unsupported-media-type", "send application/json");
-        return NULL;
-    }
-    body = len ? (const char *)evbuffer_pullup(input, -1) : "";
-    doc = body ? json_loadb(body, len, 0, &jerr) : NULL;
-    if (!doc) {
-        gw_reply_problemf(r, 400, "malformed-json", "line %d, column %d: %s", jerr.line,
-                          jerr.column, jerr.text);
-        return NULL;
-    }
-    if (!json_is_object(doc)) {
-        json_decref(doc);
-        gw_reply_problemf(r, 422, "invalid-body", "the body must be a JSON object");
-        return NULL;
-    }
-    return doc;
-}
-
-static void field_error(json_t *errors, const char *field, const char *reason)
-{
-    char pointer[64];
-
-    snprintf(pointer, sizeof(pointer), "/%s", field);
-    json_array_append_new(errors, json_pack("{s:s, s:s}", "pointer", pointer, "reason", reason));
-}
-
-/* The string member @key of @doc, or NULL with an error noted (when @required). */
-static const char *field_str(json_t *doc, const char *key, bool required, json_t *errors)
-{
-    json_t *v = json_object_get(doc, key);
-
-    if (v && json_is_string(v))
-        return json_string_value(v);
-    if (v && !json_is_null(v))
-        field_error(errors, key, "must be a string");
-    else if (required)
-        field_error(errors, key, "is required");
-    return NULL;
-}
-
-/* Answers 422 naming every bad field; true when there was one. Steals @errors. */
-static bool fields_rejected(gw_req_t *r, json_t *errors)
-{
-    gw_problem_t p = {0};
-    size_t n = json_array_size(errors);
-
-    if (n == 0) {
-        json_decref(errors);
-        return false;
-    }
-    gw_problem_set(&p, 422, "invalid-fields", "%s: %s",
-                   json_string_value(json_object_get(json_array_get(errors, 0), "pointer")),
-                   json_string_value(json_object_get(json_array_get(errors, 0), "reason")));
-    p.errors = errors;
-    gw_reply_problem(r, &p);
-    gw_problem_clear(&p);
-    return true;
-}
-
 /* ---- token pairs ----------------------------------------------------------------------------- */
 
 /* Signs an access token for op's user, organization and roles and answers with the pair (the
@@ -410,27 +306,27 @@ static void register_hashed(int rc, char *phc, void *arg)
 
 static void register_handle(gw_req_t *r)
 {
-    json_t *doc = body_json(r), *errors;
+    json_t *doc = gw_body_object(r), *errors;
     const char *email, *password, *name, *org, *why;
     auth_op_t *op;
 
     if (!doc)
         return;
     errors = json_array();
-    email = field_str(doc, "email", true, errors);
-    password = field_str(doc, "password", true, errors);
-    name = field_str(doc, "name", true, errors);
-    org = field_str(doc, "organization", true, errors);
+    email = gw_field_str(doc, "email", true, errors);
+    password = gw_field_str(doc, "password", true, errors);
+    name = gw_field_str(doc, "name", true, errors);
+    org = gw_field_str(doc, "organization", true, errors);
     if (email && (why = gw_people_email_check(email)))
-        field_error(errors, "email", why);
+        gw_field_error(errors, "email", why);
     if (password && (why = gw_people_password_check(
                          password, json_string_length(json_object_get(doc, "password")))))
-        field_error(errors, "password", why);
+        gw_field_error(errors, "password", why);
     if (name && (why = gw_people_name_check(name)))
-        field_error(errors, "name", why);
+        gw_field_error(errors, "name", why);
     if (org && (why = gw_people_slug_check(org)))
-        field_error(errors, "organization", why);
-    if (fields_rejected(r, errors) || !(op = op_new(r))) {
+        gw_field_error(errors, "organization", why);
+    if (gw_fields_rejected(r, errors) || !(op = op_new(r))) {
         json_decref(doc);
         return;
     }
@@ -517,7 +413,7 @@ static void token_user(int err, PGresult *res, void *arg)
         phc = PQgetvalue(res, 0, 1);
         op->member = !PQgetisnull(res, 0, 2);
         copy_field(op->org_id, sizeof(op->org_id), res, 2);
-        op->roles = role_bit(PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3));
+        op->roles = gw_role_parse(PQgetisnull(res, 0, 3) ? NULL : PQgetvalue(res, 0, 3));
     }
     /* Unknown emails are checked against the dummy hash: the same work, the same answer. */
     if (!op_gone(op))
@@ -540,19 +436,19 @@ static int token_form(gw_req_t *r, auth_op_t *op, json_t *errors)
     evbuffer_copyout(input, body, len);
     body[len] = '\0';
     if (evhttp_parse_query_str(body, &form) < 0) {
-        field_error(errors, "grant_type",
-                    "the form is not valid application/x-www-form-urlencoded");
+        gw_field_error(errors, "grant_type",
+                       "the form is not valid application/x-www-form-urlencoded");
         goto out;
     }
     grant = evhttp_find_header(&form, "grant_type");
     if (!grant || strcmp(grant, "password") != 0)
-        field_error(errors, "grant_type", "must be \"password\"");
+        gw_field_error(errors, "grant_type", "must be \"password\"");
     if (!(v = evhttp_find_header(&form, "username")) || !*v)
-        field_error(errors, "username", "is required");
+        gw_field_error(errors, "username", "is required");
     else if (!(op->email = strdup(v)))
         rc = -ENOMEM;
     if (!(v = evhttp_find_header(&form, "password")) || !*v)
-        field_error(errors, "password", "is required");
+        gw_field_error(errors, "password", "is required");
     else if (!(op->password = strdup(v)))
         rc = -ENOMEM;
     if ((v = evhttp_find_header(&form, "organization")) && *v && !(op->org = strdup(v)))
@@ -569,19 +465,19 @@ out:
 
 static int token_json(gw_req_t *r, auth_op_t *op, json_t *errors)
 {
-    json_t *doc = body_json(r);
+    json_t *doc = gw_body_object(r);
     const char *email, *password, *org;
     int rc = 0;
 
     if (!doc)
         return -EBADMSG;
-    email = field_str(doc, "email", true, errors);
-    password = field_str(doc, "password", true, errors);
-    org = field_str(doc, "organization", false, errors);
+    email = gw_field_str(doc, "email", true, errors);
+    password = gw_field_str(doc, "password", true, errors);
+    org = gw_field_str(doc, "organization", false, errors);
     if (email && !*email)
-        field_error(errors, "email", "must not be empty");
+        gw_field_error(errors, "email", "must not be empty");
     if (password && !*password)
-        field_error(errors, "password", "must not be empty");
+        gw_field_error(errors, "password", "must not be empty");
     if ((email && !(op->email = strdup(email))) ||
         (password && !(op->password = strdup(password))) || (org && !(op->org = strdup(org))))
         rc = -ENOMEM;
@@ -601,7 +497,7 @@ static void token_handle(gw_req_t *r)
         json_decref(errors);
         return;
     }
-    if (content_type_is(ct, "application/x-www-form-urlencoded"))
+    if (gw_content_type_is(ct, "application/x-www-form-urlencoded"))
         rc = token_form(r, op, errors);
     else
         rc = token_json(r, op, errors);
@@ -616,8 +512,8 @@ static void token_handle(gw_req_t *r)
         return;
     }
     if (op->org && gw_people_slug_check(op->org))
-        field_error(errors, "organization", gw_people_slug_check(op->org));
-    if (fields_rejected(r, errors)) {
+        gw_field_error(errors, "organization", gw_people_slug_check(op->org));
+    if (gw_fields_rejected(r, errors)) {
         op_free(op);
         return;
     }
@@ -680,7 +576,7 @@ static void me_handle(gw_req_t *r)
         op_fail(op, 500, "internal-error", "out of memory");
         return;
     }
-    if (rc < 0 || !is_uuid(claims->sub) || !is_uuid(claims->org)) {
+    if (rc < 0 || !gw_is_uuid(claims->sub) || !gw_is_uuid(claims->org)) {
         auth_jwt_verified_free(claims);
         me_reject(op,
                   rc < 0 ? (reason ? reason : "not a Bearer token") : "it names no organization");
@@ -701,7 +597,7 @@ static void me_handle(gw_req_t *r)
  * 0, or -1 after answering. */
 static int refresh_body(gw_req_t *r, auth_op_t *op)
 {
-    json_t *doc = body_json(r), *errors;
+    json_t *doc = gw_body_object(r), *errors;
     const char *token;
 
     if (!doc) {
@@ -709,11 +605,11 @@ static int refresh_body(gw_req_t *r, auth_op_t *op)
         return -1;
     }
     errors = json_array();
-    token = field_str(doc, "refresh_token", true, errors);
+    token = gw_field_str(doc, "refresh_token", true, errors);
     if (token)
         gw_refresh_token_hash(token, strlen(token), op->refresh_hash);
     json_decref(doc);
-    if (fields_rejected(r, errors)) {
+    if (gw_fields_rejected(r, errors)) {
         op_free(op);
         return -1;
     }
@@ -741,7 +637,7 @@ static void refresh_done(int err, PGresult *res, void *arg)
     } else {
         copy_field(op->user_id, sizeof(op->user_id), res, 0);
         copy_field(op->org_id, sizeof(op->org_id), res, 1);
-        op->roles = role_bit(PQgetvalue(res, 0, 2));
+        op->roles = gw_role_parse(PQgetvalue(res, 0, 2));
         log_info("user_id=%s refreshed its tokens", op->user_id);
         op_reply_pair(op);
     }
@@ -821,6 +717,132 @@ void gw_auth_handle(gw_req_t *r)
     }
 }
 
+/* Our signing key: HS256 from jwt_secret, or RS256/ES256 from a PEM private key file. */
+static int auth_key_load(gw_t *gw)
+{
+    const gw_config_t *cfg = &gw->cfg;
+    auth_jwt_claims_t probe = {.sub = "probe", .iss = "probe", .aud = "probe", .ttl_s = 1};
+    auth_jwt_alg_t alg;
+    char *token = NULL;
+    int rc;
+
+    if (strcmp(cfg->jwt_alg, "HS256") == 0)
+        return auth_jwt_key_new_hs256(cfg->jwt_secret, strlen(cfg->jwt_secret), NULL, &gw->jwt_key);
+    if (strcmp(cfg->jwt_alg, "RS256") == 0) {
+        alg = AUTH_JWT_RS256;
+    } else if (strcmp(cfg->jwt_alg, "ES256") == 0) {
+        alg = AUTH_JWT_ES256;
+    } else {
+        log_error("jwt_alg must be HS256, RS256 or ES256, not \"%s\"", cfg->jwt_alg);
+        return -EINVAL;
+    }
+    if (!cfg->jwt_private_key_file || !*cfg->jwt_private_key_file) {
+        log_error(
+            "jwt_alg %s needs jwt_private_key_file (SB_GATEWAY_JWT_PRIVATE_KEY_FILE): the PEM "
+            "private key access tokens are signed with",
+            cfg->jwt_alg);
+        return -EINVAL;
+    }
+    rc = auth_jwt_key_new_pem_file(alg, cfg->jwt_private_key_file, NULL, &gw->jwt_key);
+    /* A public key loads too, but cannot sign: find out now rather than at the first sign-in. */
+    if (rc == 0)
+        rc = auth_jwt_issue(gw->jwt_key, &probe, 0, &token);
+    free(token);
+    if (rc < 0)
+        log_error("jwt_private_key_file %s: %s (want an unencrypted PEM private key: RSA of at "
+                  "least 2048 bits for RS256, EC P-256 for ES256)",
+                  cfg->jwt_private_key_file,
+                  rc == -EINVAL || rc == -ENOKEY ? "not a usable private key" : strerror(-rc));
+    return rc;
+}
+
+/* oidc_role_map: "group=role,group=role"; the last '=' splits, blanks around items are dropped. */
+static int oidc_role_map_parse(auth_jwt_verifier_t *v, const char *map)
+{
+    const char *s = map;
+    int rc = 0;
+
+    while (rc == 0 && *s) {
+        size_t len = strcspn(s, ",");
+        char *item = strndup(s, len), *b = item, *e, *eq;
+        unsigned role;
+
+        if (!item)
+            return -ENOMEM;
+        while (*b == ' ')
+            b++;
+        for (e = b + strlen(b); e > b && e[-1] == ' '; e--)
+            e[-1] = '\0';
+        eq = strrchr(b, '=');
+        if (*b) {
+            role = eq ? gw_role_parse(eq + 1) : 0;
+            if (eq)
+                *eq = '\0';
+            if (!eq || eq == b || !role) {
+                log_error("oidc_role_map: \"%s\" is not group=admin, group=operator or "
+                          "group=viewer",
+                          b);
+                rc = -EINVAL;
+            } else if ((rc = auth_jwt_verifier_map_role(v, b, role)) == -EEXIST) {
+                log_error("oidc_role_map maps the group \"%s\" twice", b);
+            }
+        }
+        free(item);
+        s += len + (s[len] == ',');
+    }
+    return rc;
+}
+
+/* The external issuer's verifier, when oidc_issuer is set. */
+static int oidc_init(gw_t *gw)
+{
+    const gw_config_t *cfg = &gw->cfg;
+    int rc;
+
+    if (!cfg->oidc_issuer || !*cfg->oidc_issuer)
+        return 0;
+    if (!*cfg->oidc_audience || !*cfg->oidc_jwks_file) {
+        log_error("oidc_issuer is set: oidc_audience (the app client id) and oidc_jwks_file (the "
+                  "issuer's JWKS) are required too");
+        return -EINVAL;
+    }
+    rc = auth_jwt_verifier_new(cfg->oidc_issuer, cfg->oidc_audience, &gw->oidc_verifier);
+    if (rc == 0 &&
+        (rc = auth_jwt_verifier_add_jwks_file(gw->oidc_verifier, cfg->oidc_jwks_file)) < 0)
+        log_error("oidc_jwks_file %s: %s", cfg->oidc_jwks_file,
+                  rc == -EINVAL ? "not a JWKS with an RS256 or ES256 signing key" : strerror(-rc));
+    if (rc == 0 && (rc = auth_jwt_verifier_set_claims(gw->oidc_verifier, cfg->oidc_org_claim,
+                                                      cfg->oidc_roles_claim)) < 0)
+        log_error("oidc_org_claim and oidc_roles_claim must not be empty");
+    if (rc == 0)
+        rc = oidc_role_map_parse(gw->oidc_verifier, cfg->oidc_role_map);
+    if (rc == 0)
+        log_info("accepting access tokens from %s (audience %s)", cfg->oidc_issuer,
+                 cfg->oidc_audience);
+    return rc;
+}
+
+int gw_jwt_verify(gw_t *gw, const char *token, size_t len, auth_jwt_verified_t **ret_claims,
+                  const char **ret_reason)
+{
+    int64_t now = svc_wall_us() / 1000000;
+    const char *why = NULL;
+    int rc, rc2;
+
+    rc = auth_jwt_verify(gw->jwt_verifier, token, len, now, ret_claims, ret_reason);
+    if (rc == 0 || rc == -ENOMEM || !gw->oidc_verifier)
+        return rc;
+    rc2 = auth_jwt_verify(gw->oidc_verifier, token, len, now, ret_claims, &why);
+    /* A token one verifier has no key for was meant for the other: its refusal is the one that
+     * tells what is wrong. */
+    if (rc2 == 0 || rc2 == -ENOMEM || (rc == -EKEYREJECTED && rc2 != -EKEYREJECTED)) {
+        if (ret_reason)
+            *ret_reason = why;
+        return rc2;
+    }
+    return rc;
+}
+
 int gw_auth_init(gw_t *gw)
 {
     const gw_config_t *cfg = &gw->cfg;
@@ -828,11 +850,13 @@ int gw_auth_init(gw_t *gw)
     char password[49];
     int rc;
 
-    rc = auth_jwt_key_new_hs256(cfg->jwt_secret, strlen(cfg->jwt_secret), NULL, &gw->jwt_key);
+    rc = auth_key_load(gw);
     if (rc == 0)
         rc = auth_jwt_verifier_new(cfg->jwt_issuer, cfg->jwt_audience, &gw->jwt_verifier);
     if (rc == 0)
         rc = auth_jwt_verifier_add_key(gw->jwt_verifier, gw->jwt_key);
+    if (rc == 0)
+        rc = oidc_init(gw);
     if (rc < 0) {
         log_error("cannot set up access tokens: %s", strerror(-rc));
         return rc;
@@ -864,6 +888,7 @@ void gw_auth_free(gw_t *gw)
 {
     gw_auth_stop(gw);
     auth_jwt_verifier_free(gw->jwt_verifier);
+    auth_jwt_verifier_free(gw->oidc_verifier);
     auth_jwt_key_free(gw->jwt_key);
     free(gw->dummy_phc);
 }

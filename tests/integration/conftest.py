@@ -92,6 +92,16 @@ class Stack:
         assert token.startswith("lok_"), token
         return Tenant(self, slug, project_id, token)
 
+    def new_person(self, password=None):
+        """A person who registered with an organization of their own (its admin), signed in."""
+        email = f"p-{uuid.uuid4().hex[:12]}@example.com"
+        slug = "o" + uuid.uuid4().hex[:12]
+        password = password or "pw-" + uuid.uuid4().hex
+        r = self.http.post(self.url + "/auth/register", timeout=30, json={
+            "email": email, "password": password, "name": "Test Person", "organization": slug})
+        assert r.status_code == 201, f"/auth/register: {r.status_code} {r.text}"
+        return Person(self, email, password, slug, r.json())
+
     # --- PostgreSQL --------------------------------------------------------------------------
     def sql(self, query, *params):
         with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
@@ -164,6 +174,61 @@ class Tenant:
                               "AND reading_id = ANY(%s::uuid[])", self.project_id, list(ids))[0][0]
 
 
+class Person:
+    """A person with an organization of their own (POST /auth/register, so they are its admin)
+    and an access token (POST /auth/token). get/post/put/delete call the gateway as them."""
+
+    def __init__(self, stack, email, password, org_slug, body):
+        self.stack = stack
+        self.email = email
+        self.password = password
+        self.org_slug = org_slug
+        self.user_id = body["user"]["id"]
+        self._org_id = body["organization"]["id"]
+        self.access_token = None
+        self.refresh_token = None
+        self.sign_in()
+
+    def sign_in(self):
+        r = self.stack.http.post(self.stack.url + "/auth/token", timeout=30, json={
+            "email": self.email, "password": self.password, "organization": self.org_slug})
+        assert r.status_code == 200, f"/auth/token: {r.status_code} {r.text}"
+        body = r.json()
+        self.access_token = body["access_token"]
+        self.refresh_token = body.get("refresh_token")
+        return self
+
+    @property
+    def org_id(self):
+        return self._org_id
+
+    def headers(self, extra=None):
+        h = {"Authorization": f"Bearer {self.access_token}"}
+        h.update(extra or {})
+        return h
+
+    def request(self, method, path, headers=None, **kw):
+        return self.stack.http.request(method, self.stack.url + path, timeout=30,
+                                       headers=self.headers(headers), **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, json=body, **kw)
+
+    def put(self, path, body=None, **kw):
+        return self.request("PUT", path, json=body, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def new_project(self, slug=None):
+        """A project in this person's organization (sbctl, the operator's way); its id."""
+        slug = slug or "p" + uuid.uuid4().hex[:10]
+        return self.stack.sbctl("projects", "create", self.org_slug, slug).stdout.strip()
+
+
 @pytest.fixture(scope="session")
 def stack():
     s = Stack(STACK)
@@ -175,6 +240,11 @@ def stack():
 @pytest.fixture
 def tenant(stack):
     return stack.new_tenant()
+
+
+@pytest.fixture
+def person(stack):
+    return stack.new_person()
 
 
 def reading(sensor_id="s-1", value=21.5, **extra):
