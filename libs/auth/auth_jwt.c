@@ -36,11 +36,19 @@ struct auth_jwt_key {
     size_t check_len;
 };
 
+typedef struct role_map {
+    char *name;
+    unsigned bit;
+} role_map_t;
+
 struct auth_jwt_verifier {
     char *iss, *aud;
     int64_t leeway_s;
     auth_jwt_key_t **keys;
     size_t n_keys;
+    char *org_claim, *roles_claim; /* NULL: "org", "roles" */
+    role_map_t *role_map;          /* an external issuer's group names */
+    size_t n_role_map;
 };
 
 static const struct {
@@ -446,6 +454,11 @@ void auth_jwt_verifier_free(auth_jwt_verifier_t *verifier)
     for (size_t i = 0; i < verifier->n_keys; i++)
         auth_jwt_key_free(verifier->keys[i]);
     free(verifier->keys);
+    for (size_t i = 0; i < verifier->n_role_map; i++)
+        free(verifier->role_map[i].name);
+    free(verifier->role_map);
+    free(verifier->org_claim);
+    free(verifier->roles_claim);
     free(verifier->iss);
     free(verifier->aud);
     free(verifier);
@@ -456,6 +469,52 @@ int auth_jwt_verifier_set_leeway(auth_jwt_verifier_t *verifier, int64_t leeway_s
     if (!verifier || leeway_s < 0 || leeway_s > LEEWAY_MAX_S)
         return -EINVAL;
     verifier->leeway_s = leeway_s;
+    return 0;
+}
+
+int auth_jwt_verifier_set_claims(auth_jwt_verifier_t *verifier, const char *org_claim,
+                                 const char *roles_claim)
+{
+    char *org = NULL, *roles_name = NULL;
+
+    if (!verifier || (org_claim && !*org_claim) || (roles_claim && !*roles_claim))
+        return -EINVAL;
+    if ((org_claim && !(org = strdup(org_claim))) ||
+        (roles_claim && !(roles_name = strdup(roles_claim)))) {
+        free(org);
+        return -ENOMEM;
+    }
+    if (org) {
+        free(verifier->org_claim);
+        verifier->org_claim = org;
+    }
+    if (roles_name) {
+        free(verifier->roles_claim);
+        verifier->roles_claim = roles_name;
+    }
+    return 0;
+}
+
+int auth_jwt_verifier_map_role(auth_jwt_verifier_t *verifier, const char *name, unsigned role)
+{
+    role_map_t *map;
+    bool known = false;
+
+    for (size_t k = 0; k < sizeof(roles) / sizeof(roles[0]); k++)
+        known |= role == roles[k].bit;
+    if (!verifier || !nonempty(name) || !known)
+        return -EINVAL;
+    for (size_t i = 0; i < verifier->n_role_map; i++)
+        if (strcmp(verifier->role_map[i].name, name) == 0)
+            return -EEXIST;
+    map = realloc(verifier->role_map, (verifier->n_role_map + 1) * sizeof(*map));
+    if (!map)
+        return -ENOMEM;
+    verifier->role_map = map;
+    map[verifier->n_role_map].name = strdup(name);
+    if (!map[verifier->n_role_map].name)
+        return -ENOMEM;
+    map[verifier->n_role_map++].bit = role;
     return 0;
 }
 
@@ -730,14 +789,41 @@ static int claim_str(const json_t *payload, const char *name, char **ret)
     return *ret ? 0 : -ENOMEM;
 }
 
-static int claim_roles(const json_t *payload, unsigned *ret)
+/* An external issuer's groups, through the verifier's mapping: unmapped names are ignored. */
+static int claim_groups(const auth_jwt_verifier_t *v, const json_t *claim, unsigned *ret)
 {
-    const json_t *list = json_object_get(payload, "roles"), *item;
+    const json_t *item;
+    size_t i;
+
+    if (json_is_string(claim)) {
+        for (size_t k = 0; k < v->n_role_map; k++)
+            if (json_str_eq(claim, v->role_map[k].name))
+                *ret |= v->role_map[k].bit;
+        return 0;
+    }
+    if (!json_is_array(claim))
+        return -EINVAL;
+    json_array_foreach(claim, i, item)
+    {
+        if (!json_is_string(item))
+            return -EINVAL;
+        for (size_t k = 0; k < v->n_role_map; k++)
+            if (json_str_eq(item, v->role_map[k].name))
+                *ret |= v->role_map[k].bit;
+    }
+    return 0;
+}
+
+static int claim_roles(const auth_jwt_verifier_t *v, const json_t *payload, unsigned *ret)
+{
+    const json_t *list = json_object_get(payload, v->roles_claim ? v->roles_claim : "roles"), *item;
     size_t i, k;
 
     *ret = 0;
     if (!list)
         return 0;
+    if (v->n_role_map > 0)
+        return claim_groups(v, list, ret);
     if (!json_is_array(list))
         return -EINVAL;
     json_array_foreach(list, i, item)
@@ -891,13 +977,13 @@ int auth_jwt_verify(const auth_jwt_verifier_t *verifier, const char *token, size
         r = -EINVAL;
     if (r < 0)
         FAIL(r, "sub missing or not a string");
-    r = claim_str(payload, "org", &out->org);
+    r = claim_str(payload, verifier->org_claim ? verifier->org_claim : "org", &out->org);
     if (r < 0)
         FAIL(r, "org not a string");
     r = claim_str(payload, "jti", &out->jti);
     if (r < 0)
         FAIL(r, "jti not a string");
-    if (claim_roles(payload, &out->roles) < 0)
+    if (claim_roles(verifier, payload, &out->roles) < 0)
         FAIL(-EINVAL, "roles not a list of known roles");
 
     *ret_claims = out;

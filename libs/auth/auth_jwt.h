@@ -104,6 +104,25 @@ void auth_jwt_verifier_free(auth_jwt_verifier_t *verifier);
 int auth_jwt_verifier_set_leeway(auth_jwt_verifier_t *verifier, int64_t leeway_s);
 
 /**
+ * Reads the organisation from the claim @org_claim instead of "org", and the roles from
+ * @roles_claim instead of "roles" (an external issuer's names, such as Cognito's "custom:org"
+ * and "cognito:groups"). NULL keeps a name as it is. Both are copied. 0, -EINVAL (an empty
+ * name) or -ENOMEM.
+ */
+int auth_jwt_verifier_set_claims(auth_jwt_verifier_t *verifier, const char *org_claim,
+                                 const char *roles_claim);
+
+/**
+ * Maps @name, a group name as it appears in the roles claim, to @role (one AUTH_ROLE_* bit).
+ * Once a verifier holds a mapping, the roles claim is read through the mappings only: it may be
+ * an array of strings or one string, and names without a mapping are ignored (an issuer's
+ * groups include many that mean nothing here). Without mappings, the claim must list our role
+ * names and an unknown one refuses the token. @name is copied. 0, -EINVAL, -EEXIST (@name is
+ * mapped already) or -ENOMEM.
+ */
+int auth_jwt_verifier_map_role(auth_jwt_verifier_t *verifier, const char *name, unsigned role);
+
+/**
  * Adds a copy of @key (the caller keeps @key). A token naming a `kid` is checked only with the
  * key of exactly that id; a token without one only when the verifier holds a single key.
  * 0, -EEXIST (a key with the same kid, or a second key without kid), -EINVAL or -ENOMEM.
@@ -124,7 +143,8 @@ int auth_jwt_verifier_add_jwks_file(auth_jwt_verifier_t *verifier, const char *p
  * Verifies @token (@len bytes) at @now (Unix seconds): structure, header `alg` equal to the
  * selected key's pinned algorithm, signature, then exp (required), nbf and iat (if present)
  * within the leeway, iss, aud (a string or an array holding ours), sub (a non-empty string),
- * org (a string if present), roles (an array of "admin", "operator", "viewer" if present).
+ * org (a string if present), roles (an array of "admin", "operator", "viewer" if present; see
+ * auth_jwt_verifier_set_claims() and auth_jwt_verifier_map_role() for other issuers' names).
  * On success *@ret_claims is malloc'd and owned by the caller. Whether it succeeds or not,
  * *@ret_reason (if not NULL) is set to a static, loggable phrase; it never holds token data.
  * 0, -EINVAL (malformed token, unknown role), -EKEYREJECTED (unknown kid, wrong algorithm, bad

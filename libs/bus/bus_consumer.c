@@ -50,8 +50,9 @@ struct bus_consumer {
     size_t n;
     int64_t batch_start_ms;
 
-    int backoff_ms;                          /* last backoff, 0 after a success */
-    int64_t backoff_until;                   /* 0 while not backing off */
+    int backoff_ms;        /* last backoff, 0 after a success */
+    int64_t backoff_until; /* 0 while not backing off */
+    bool reseek;           /* a rewind seek timed out: make it again before resuming */
     rd_kafka_topic_partition_list_t *rewind; /* where paused partitions resume */
     atomic_int dlq_failed;
 };
@@ -243,29 +244,55 @@ static int dlq_send(bus_consumer_t *c)
     return 0;
 }
 
+/* A seek that did not finish within SEEK_TIMEOUT_MS (a busy broker or machine) is not lost: its
+ * partitions stay paused, and the seek is made again before they resume (c->reseek). */
+static bool seek_err_retryable(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__TIMED_OUT || err == RD_KAFKA_RESP_ERR__IN_PROGRESS;
+}
+
+/* 0; -EAGAIN when the seek must be made again before resuming; -EIO (fatal) otherwise. */
 static int seek_to(bus_consumer_t *c, rd_kafka_topic_partition_list_t *list)
 {
     rd_kafka_error_t *error = rd_kafka_seek_partitions(c->rk, list, SEEK_TIMEOUT_MS);
+    bool again = false;
     int r = 0;
 
     if (error) {
-        emit(c, BUS_EV_ERROR, rd_kafka_error_code(error), "seek: %s", rd_kafka_error_string(error));
-        rd_kafka_error_destroy(error);
-        r = -EIO;
-    }
-    for (int i = 0; i < list->cnt; i++) {
-        if (list->elems[i].err) {
-            emit(c, BUS_EV_ERROR, list->elems[i].err, "seek %s [%" PRId32 "]: %s",
-                 list->elems[i].topic, list->elems[i].partition,
-                 rd_kafka_err2str(list->elems[i].err));
+        if (seek_err_retryable(rd_kafka_error_code(error))) {
+            again = true;
+        } else {
+            emit(c, BUS_EV_ERROR, rd_kafka_error_code(error), "seek: %s",
+                 rd_kafka_error_string(error));
             r = -EIO;
         }
+        rd_kafka_error_destroy(error);
+    }
+    for (int i = 0; i < list->cnt; i++) {
+        if (!list->elems[i].err)
+            continue;
+        if (seek_err_retryable(list->elems[i].err)) {
+            again = true;
+            continue;
+        }
+        emit(c, BUS_EV_ERROR, list->elems[i].err, "seek %s [%" PRId32 "]: %s", list->elems[i].topic,
+             list->elems[i].partition, rd_kafka_err2str(list->elems[i].err));
+        r = -EIO;
     }
     /* A partition that cannot be rewound would resume after the failed batch and its records
      * would be lost once later offsets are stored: stopping is the only safe answer. */
-    if (r < 0)
+    if (r < 0) {
         c->fatal = r;
-    return r;
+        return r;
+    }
+    if (again) {
+        emit(c, BUS_EV_ERROR, RD_KAFKA_RESP_ERR__TIMED_OUT,
+             "seek not finished within %d ms; the partitions stay paused and it is retried",
+             SEEK_TIMEOUT_MS);
+        c->reseek = true;
+        return -EAGAIN;
+    }
+    return 0;
 }
 
 static void pause_assignment(bus_consumer_t *c, bool pause)
@@ -302,6 +329,15 @@ static void backoff_start(bus_consumer_t *c)
 
 static void backoff_end(bus_consumer_t *c, bool resume)
 {
+    /* Resuming a partition whose rewind never completed would skip the failed batch. */
+    if (resume && c->reseek && c->rewind) {
+        c->reseek = false;
+        if (seek_to(c, c->rewind) == -EAGAIN) {
+            c->backoff_until = now_ms() + c->backoff_ms;
+            return;
+        }
+    }
+    c->reseek = false;
     if (resume)
         pause_assignment(c, false);
     c->backoff_until = 0;
@@ -363,6 +399,8 @@ static int batch_process(bus_consumer_t *c, bool retry)
             backoff_start(c);
         goto out;
     }
+    if (c->opts.manual_offsets)
+        goto done;
     offsets = batch_offsets(c, false);
     if (!offsets) {
         c->fatal = r = -ENOMEM;
@@ -376,11 +414,31 @@ static int batch_process(bus_consumer_t *c, bool retry)
                      rd_kafka_err2str(offsets->elems[i].err));
     }
     rd_kafka_topic_partition_list_destroy(offsets);
+done:
     c->backoff_ms = 0;
     emit(c, BUS_EV_BATCH_OK, (long)c->n, NULL);
 out:
     batch_release(c);
     return r;
+}
+
+int bus_consumer_offsets_store(bus_consumer_t *c, const char *topic, int32_t partition,
+                               int64_t next_offset)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_resp_err_t err;
+
+    if (!list)
+        return -ENOMEM;
+    rd_kafka_topic_partition_list_add(list, topic, partition)->offset = next_offset;
+    err = rd_kafka_offsets_store(c->rk, list);
+    if (!err)
+        err = list->elems[0].err;
+    rd_kafka_topic_partition_list_destroy(list);
+    /* librdkafka answers _STATE (or _UNKNOWN_PARTITION) for a partition it no longer has. */
+    if (err == RD_KAFKA_RESP_ERR__STATE || err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION)
+        return -ENOENT;
+    return err ? bus_errno(err) : 0;
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -403,6 +461,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         /* The eager protocol: whatever is pending is finished now, or left to the next owner. */
         batch_process(c, false);
         backoff_end(c, c->backoff_until != 0);
+        if (c->opts.on_revoke_flush)
+            c->opts.on_revoke_flush(c->opts.opaque, parts);
         commit_sync(c);
         if (c->opts.on_revoke)
             c->opts.on_revoke(c->opts.opaque, parts);

@@ -11,6 +11,12 @@
  * Rebalances use the eager protocol. Before partitions are revoked, the pending batch is
  * processed, its offsets stored and committed synchronously, then the daemon is told which
  * partitions it lost (on_revoke) so that per-partition state can be dropped.
+ *
+ * A daemon whose effect outlives a batch (records buffered across batches and written later, as
+ * the S3 archiver does) sets manual_offsets: the loop then never stores a batch's offsets, the
+ * daemon stores them with bus_consumer_offsets_store() once its effect is durable, and
+ * on_revoke_flush gives it a last chance, before the synchronous commit of a revocation (and of
+ * the close at shutdown), to make its buffers of the departing partitions durable.
  */
 #pragma once
 
@@ -75,6 +81,13 @@ typedef struct bus_consumer_opts {
      * records arrive, between batches, so that a daemon can check its own dependencies. */
     void (*on_tick)(void *opaque);
     int tick_ms;
+    /* Optional: the daemon stores offsets itself (bus_consumer_offsets_store()); the loop stores
+     * none, not even those of rejected records after their DLQ acknowledgement. */
+    bool manual_offsets;
+    /* Optional: partitions are about to be revoked (a rebalance, or the close at shutdown); the
+     * pending batch was handled. Runs before the synchronous commit and before on_revoke: the
+     * place to flush per-partition buffers and store their offsets. */
+    bus_partitions_fn on_revoke_flush;
     void *opaque;
 } bus_consumer_opts_t;
 
@@ -105,6 +118,15 @@ void bus_consumer_set_event_cb(bus_consumer_t *consumer, bus_event_fn fn, void *
  * pending batch, stores and commits offsets. Returns 0, or a negative errno on a fatal error.
  */
 int bus_consumer_run(bus_consumer_t *consumer, bool (*stopping)(void));
+
+/**
+ * With manual_offsets: records that everything in @topic [@partition] below @next_offset has a
+ * durable effect; librdkafka commits it in the background, at a revocation and at close. Call
+ * only from the loop's thread (the handler, on_tick, on_revoke_flush). 0, or a negative errno
+ * (-ENOENT when the partition is not assigned to this member any more).
+ */
+int bus_consumer_offsets_store(bus_consumer_t *consumer, const char *topic, int32_t partition,
+                               int64_t next_offset);
 
 /** True after the first assignment (even an empty one) and while the consumer is in the group. */
 bool bus_consumer_assigned(bus_consumer_t *consumer);

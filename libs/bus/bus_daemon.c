@@ -148,6 +148,14 @@ static void on_revoke(void *opaque, const rd_kafka_topic_partition_list_t *parts
         d->desc->on_revoke(d->state, parts);
 }
 
+static void on_revoke_flush(void *opaque, const rd_kafka_topic_partition_list_t *parts)
+{
+    bus_daemon_t *d = opaque;
+
+    if (d->state) /* the close after a failed init revokes nothing the daemon holds */
+        d->desc->on_revoke_flush(d->state, parts);
+}
+
 static void on_event(void *opaque, bus_event_t ev, long detail, const char *text)
 {
     bus_daemon_t *d = opaque;
@@ -213,6 +221,12 @@ svc_metrics_t *bus_daemon_metrics(bus_daemon_t *d)
 const svc_conf_t *bus_daemon_conf(bus_daemon_t *d)
 {
     return d->kconf;
+}
+
+int bus_daemon_offsets_store(bus_daemon_t *d, const char *topic, int32_t partition,
+                             int64_t next_offset)
+{
+    return bus_consumer_offsets_store(d->consumer, topic, partition, next_offset);
 }
 
 bus_producer_t *bus_daemon_producer(bus_daemon_t *d)
@@ -307,6 +321,8 @@ int bus_daemon_main(const bus_daemon_desc_t *desc, int argc, char **argv)
                              .on_assign = on_assign,
                              .on_revoke = on_revoke,
                              .on_tick = on_tick,
+                             .manual_offsets = desc->manual_offsets,
+                             .on_revoke_flush = desc->on_revoke_flush ? on_revoke_flush : NULL,
                              .opaque = d,
                          },
                          &d->consumer, errbuf, sizeof(errbuf));

@@ -42,6 +42,11 @@ typedef struct bus_daemon_desc {
     bus_partitions_fn on_revoke; /* optional */
     void (*tick)(void *state);   /* optional: about once a second, between batches */
     void (*fini)(void *state);   /* optional */
+    /* Optional, for daemons whose effect outlives a batch (see bus_consumer.h): the runtime
+     * stores no offsets, the daemon calls bus_daemon_offsets_store() once records are durable,
+     * and on_revoke_flush runs before a revocation's (and shutdown's) synchronous commit. */
+    bool manual_offsets;
+    bus_partitions_fn on_revoke_flush;
 } bus_daemon_desc_t;
 
 /** Runs the daemon; returns the process exit status. */
@@ -51,5 +56,10 @@ int bus_daemon_main(const bus_daemon_desc_t *desc, int argc, char **argv);
 svc_health_t *bus_daemon_health(bus_daemon_t *d); /* set the daemon's own checks ("db") */
 svc_metrics_t *bus_daemon_metrics(bus_daemon_t *d);
 const svc_conf_t *bus_daemon_conf(bus_daemon_t *d); /* kafka.* pass-through */
+/** With desc->manual_offsets: everything in @topic [@partition] below @next_offset is durable
+ *  (bus_consumer_offsets_store()). Only from the loop's thread: handle_batch, tick,
+ *  on_revoke_flush. 0 or a negative errno (-ENOENT: the partition is not ours any more). */
+int bus_daemon_offsets_store(bus_daemon_t *d, const char *topic, int32_t partition,
+                             int64_t next_offset);
 /** A producer for the daemon's own output topics (created on first call). NULL on failure. */
 bus_producer_t *bus_daemon_producer(bus_daemon_t *d);

@@ -395,20 +395,29 @@ const char *cache_errmsg(const cache_t *cache)
     return cache->errmsg;
 }
 
-int cache_command(cache_t *cache, int argc, const char *const *argv, const size_t *argvlen,
-                  redisReply **ret_reply)
+/* Sends one command and reads its reply, error replies included. 0 or a connection errno. */
+static int cache_roundtrip(cache_t *cache, int argc, const char *const *argv, const size_t *argvlen,
+                           redisReply **ret_reply)
 {
-    if (argc < 1)
-        return -EINVAL;
     int r = cache_ensure(cache);
     if (r < 0)
         return r;
-
     if (redisAppendCommandArgv(cache->rc, argc, (const char **)argv, argvlen) != REDIS_OK)
         return cache_io_fail(cache, errno);
-    redisReply *reply = NULL;
-    if (redisGetReply(cache->rc, (void **)&reply) != REDIS_OK)
+    if (redisGetReply(cache->rc, (void **)ret_reply) != REDIS_OK)
         return cache_io_fail(cache, errno);
+    return 0;
+}
+
+int cache_command(cache_t *cache, int argc, const char *const *argv, const size_t *argvlen,
+                  redisReply **ret_reply)
+{
+    redisReply *reply = NULL;
+    if (argc < 1)
+        return -EINVAL;
+    int r = cache_roundtrip(cache, argc, argv, argvlen, &reply);
+    if (r < 0)
+        return r;
 
     if (reply->type == REDIS_REPLY_ERROR) {
         cache_set_error(cache, "Redis error: %s", reply->str);
@@ -494,6 +503,88 @@ int cache_pipeline_run(cache_t *cache)
 
 done:
     cache_pipeline_clear(cache);
+    return r;
+}
+
+/* ---- Lua scripts ------------------------------------------------------------------------------
+ */
+
+static int cache_script_load(cache_t *cache, cache_script_t *script)
+{
+    const char *argv[] = {"SCRIPT", "LOAD", script->source};
+    redisReply *reply = NULL;
+    int r = cache_command(cache, 3, argv, NULL, &reply);
+    if (r < 0)
+        return r;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        cache_set_error(cache, "Redis answered SCRIPT LOAD without a SHA-1");
+        freeReplyObject(reply);
+        return -EINVAL;
+    }
+    memcpy(script->sha1, reply->str, 40);
+    script->sha1[40] = '\0';
+    freeReplyObject(reply);
+    return 0;
+}
+
+int cache_script_run(cache_t *cache, cache_script_t *script, int nkeys, int argc,
+                     const char *const *argv, const size_t *argvlen, redisReply **ret_reply)
+{
+    const char **v = NULL;
+    size_t *vlen = NULL;
+    char nkeys_buf[16];
+    int r;
+
+    if (!script || !script->source || nkeys < 0 || argc < nkeys)
+        return -EINVAL;
+    v = malloc(((size_t)argc + 3) * sizeof(*v));
+    vlen = malloc(((size_t)argc + 3) * sizeof(*vlen));
+    if (!v || !vlen) {
+        r = -ENOMEM;
+        goto done;
+    }
+    snprintf(nkeys_buf, sizeof(nkeys_buf), "%d", nkeys);
+    v[0] = "EVALSHA";
+    v[2] = nkeys_buf;
+    for (int i = 0; i < argc; i++) {
+        v[i + 3] = argv[i];
+        vlen[i + 3] = argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+
+    for (int attempt = 0;; attempt++) {
+        redisReply *reply = NULL;
+        if (!script->sha1[0] && (r = cache_script_load(cache, script)) < 0)
+            goto done;
+        v[1] = script->sha1;
+        vlen[0] = 7;
+        vlen[1] = 40;
+        vlen[2] = strlen(nkeys_buf);
+        if ((r = cache_roundtrip(cache, argc + 3, v, vlen, &reply)) < 0)
+            goto done;
+        if (reply->type == REDIS_REPLY_ERROR && !strncmp(reply->str, "NOSCRIPT", 8) &&
+            attempt == 0) {
+            /* The server lost its script cache: the script did not run. */
+            freeReplyObject(reply);
+            script->sha1[0] = '\0';
+            continue;
+        }
+        if (reply->type == REDIS_REPLY_ERROR) {
+            cache_set_error(cache, "Redis error: %s", reply->str);
+            r = cache_reply_errno(reply->str);
+            freeReplyObject(reply);
+            goto done;
+        }
+        if (ret_reply)
+            *ret_reply = reply;
+        else
+            freeReplyObject(reply);
+        r = 0;
+        goto done;
+    }
+
+done:
+    free(v);
+    free(vlen);
     return r;
 }
 

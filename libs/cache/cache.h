@@ -87,6 +87,28 @@ int cache_pipeline_run(cache_t *cache);
 /** Empties the pipeline without sending anything. */
 void cache_pipeline_clear(cache_t *cache);
 
+/* ---- Lua scripts (synchronous client) ---------------------------------------------------------
+ */
+
+/* A Lua script run with EVALSHA. Declare one per script, statically initialised with its source
+ * ({.source = "..."}); the client fills in the SHA-1 the server gives it. Used by one thread at a
+ * time, like the cache_t it runs on. */
+typedef struct cache_script {
+    const char *source; /* borrowed: must outlive the struct (a string literal) */
+    char sha1[41];      /* "" until loaded */
+} cache_script_t;
+
+/**
+ * Runs @script with EVALSHA on @argc strings: its @nkeys keys first, then its arguments
+ * (@argvlen as for cache_command()). The script is loaded with SCRIPT LOAD on first use, and
+ * again when the server answers NOSCRIPT (it restarted or its script cache was flushed), in
+ * which case the script had not run and is run once more. Returns as cache_command(): 0 with
+ * the reply in @ret_reply (may be NULL), or a negative errno; an error the script raises is
+ * -EINVAL with its message in cache_errmsg().
+ */
+int cache_script_run(cache_t *cache, cache_script_t *script, int nkeys, int argc,
+                     const char *const *argv, const size_t *argvlen, redisReply **ret_reply);
+
 /* ---- Asynchronous client (libevent) --------------------------------------------------------- */
 
 typedef struct cache_async cache_async_t;

@@ -21,6 +21,7 @@
 typedef struct health_check {
     char *name;
     bool ok;
+    bool gating; /* false: reported, but the daemon is ready without it (svc_health_note()) */
 } health_check_t;
 
 struct svc_health {
@@ -83,7 +84,7 @@ static bool ready_locked(const svc_health_t *health)
     bool ready = health->nchecks > 0 && !health->broken;
 
     for (size_t i = 0; i < health->nchecks; i++)
-        ready = ready && health->checks[i].ok;
+        ready = ready && (health->checks[i].ok || !health->checks[i].gating);
     return ready;
 }
 
@@ -96,11 +97,16 @@ static void healthz(svc_health_t *health, struct evbuffer *body, struct evhttp_r
 
 static void readyz(svc_health_t *health, struct evbuffer *body, struct evhttp_request *req)
 {
-    bool ready;
+    bool ready, degraded = false;
 
     pthread_mutex_lock(&health->lock);
     ready = ready_locked(health);
-    evbuffer_add_printf(body, "{\"status\":\"%s\",\"checks\":{", ready ? "ready" : "not ready");
+    for (size_t i = 0; i < health->nchecks; i++)
+        degraded = degraded || !health->checks[i].ok;
+    evbuffer_add_printf(body, "{\"status\":\"%s\",\"checks\":{",
+                        !ready     ? "not ready"
+                        : degraded ? "degraded"
+                                   : "ready");
     for (size_t i = 0; i < health->nchecks; i++) {
         char esc[256];
         size_t pos = 0;
@@ -255,7 +261,7 @@ int svc_health_port(const svc_health_t *health)
     return health->port;
 }
 
-void svc_health_set(svc_health_t *health, const char *check, bool ok)
+static void check_set(svc_health_t *health, const char *check, bool ok, bool gating)
 {
     health_check_t *grown;
     char *name;
@@ -266,6 +272,7 @@ void svc_health_set(svc_health_t *health, const char *check, bool ok)
     for (size_t i = 0; i < health->nchecks; i++) {
         if (strcmp(health->checks[i].name, check) == 0) {
             health->checks[i].ok = ok;
+            health->checks[i].gating = gating;
             goto out;
         }
     }
@@ -279,9 +286,19 @@ void svc_health_set(svc_health_t *health, const char *check, bool ok)
         goto out;
     }
     health->checks = grown;
-    health->checks[health->nchecks++] = (health_check_t){name, ok};
+    health->checks[health->nchecks++] = (health_check_t){name, ok, gating};
 out:
     pthread_mutex_unlock(&health->lock);
+}
+
+void svc_health_set(svc_health_t *health, const char *check, bool ok)
+{
+    check_set(health, check, ok, true);
+}
+
+void svc_health_note(svc_health_t *health, const char *check, bool ok)
+{
+    check_set(health, check, ok, false);
 }
 
 bool svc_health_ready(svc_health_t *health)

@@ -3,7 +3,8 @@
  * Serves, on its own thread and event loop:
  *   GET /healthz  200 {"status":"ok"} while the process runs its loop
  *   GET /readyz   200 when every registered check is ok, else 503; the body lists the checks:
- *                 {"status":"ready","checks":{"kafka":true,"db":true}}
+ *                 {"status":"ready","checks":{"kafka":true,"db":true}} (status "degraded", still
+ *                 200, when only checks registered with svc_health_note() fail)
  *   GET /metrics  the registry in Prometheus text format
  * Anything else is 404 application/problem+json.
  */
@@ -26,6 +27,10 @@ int svc_health_port(const svc_health_t *health);
 
 /** Sets (registering it on first use) a named readiness check. Thread-safe. */
 void svc_health_set(svc_health_t *health, const char *check, bool ok);
+
+/** Like svc_health_set() for a dependency the daemon works without (its Redis aggregates):
+ *  listed in /readyz's checks, and a failing one makes the status "degraded", still 200. */
+void svc_health_note(svc_health_t *health, const char *check, bool ok);
 
 /** True when every registered check is ok (and at least one is registered). */
 bool svc_health_ready(svc_health_t *health);

@@ -646,6 +646,70 @@ Test(auth_jwt, subject_org_and_roles_are_checked)
     auth_jwt_verifier_free(v);
 }
 
+/* ---- an external issuer's claim names and groups ---- */
+
+Test(auth_jwt, configured_claim_names_and_group_mapping)
+{
+    auth_jwt_verifier_t *v = hs_verifier(NULL);
+    auth_jwt_verified_t *c = NULL;
+    const struct {
+        const char *extra;
+        int expect;
+        unsigned roles;
+        const char *org;
+    } cases[] = {
+        /* Cognito-style: groups the mapping names give roles, the others are ignored. */
+        {",\"custom:org\":\"org-9\",\"cognito:groups\":[\"eu-west\",\"sb-operators\"]", 0,
+         AUTH_ROLE_OPERATOR, "org-9"},
+        {",\"cognito:groups\":[\"sb-admins\",\"sb-viewers\"]", 0,
+         AUTH_ROLE_ADMIN | AUTH_ROLE_VIEWER, NULL},
+        {",\"cognito:groups\":\"sb-viewers\"", 0, AUTH_ROLE_VIEWER, NULL},
+        {",\"cognito:groups\":[\"everyone\"]", 0, 0, NULL},
+        /* Our own claim names no longer count: "roles" is just another claim now. */
+        {",\"org\":\"org-1\",\"roles\":[\"admin\"]", 0, 0, NULL},
+        {",\"cognito:groups\":[7]", -EINVAL, 0, NULL},
+        {",\"cognito:groups\":{\"a\":1}", -EINVAL, 0, NULL},
+        {",\"custom:org\":42", -EINVAL, 0, NULL},
+    };
+
+    cr_assert_eq(auth_jwt_verifier_set_claims(v, "custom:org", "cognito:groups"), 0);
+    cr_assert_eq(auth_jwt_verifier_map_role(v, "sb-admins", AUTH_ROLE_ADMIN), 0);
+    cr_assert_eq(auth_jwt_verifier_map_role(v, "sb-operators", AUTH_ROLE_OPERATOR), 0);
+    cr_assert_eq(auth_jwt_verifier_map_role(v, "sb-viewers", AUTH_ROLE_VIEWER), 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *p = payload(NOW + 60, cases[i].extra), *t = hs_sign(NULL, p);
+
+        cr_expect_eq(verify(v, t, NOW, &c), cases[i].expect, "%s", p);
+        if (c) {
+            cr_expect_eq(c->roles, cases[i].roles, "%s", p);
+            if (cases[i].org)
+                cr_expect_str_eq(c->org, cases[i].org);
+            else
+                cr_expect_null(c->org, "%s", p);
+        }
+        auth_jwt_verified_free(c);
+        c = NULL;
+        free(p), free(t);
+    }
+    auth_jwt_verifier_free(v);
+}
+
+Test(auth_jwt, claim_names_and_mappings_are_checked)
+{
+    auth_jwt_verifier_t *v = hs_verifier(NULL);
+
+    cr_expect_eq(auth_jwt_verifier_set_claims(NULL, "a", "b"), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_set_claims(v, "", NULL), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_set_claims(v, NULL, ""), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_set_claims(v, NULL, NULL), 0);
+    cr_expect_eq(auth_jwt_verifier_map_role(v, "", AUTH_ROLE_ADMIN), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_map_role(v, "g", 0), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_map_role(v, "g", AUTH_ROLE_ADMIN | AUTH_ROLE_VIEWER), -EINVAL);
+    cr_expect_eq(auth_jwt_verifier_map_role(v, "g", AUTH_ROLE_ADMIN), 0);
+    cr_expect_eq(auth_jwt_verifier_map_role(v, "g", AUTH_ROLE_VIEWER), -EEXIST);
+    auth_jwt_verifier_free(v);
+}
+
 /* ---- JWKS ---- */
 
 Test(auth_jwt, jwks_keys_verify_tokens_of_their_private_keys, .init = keys_setup,

@@ -350,3 +350,80 @@ Test(bus_consumer, tick_runs_while_no_records_arrive)
     consumer_stop(&rn);
     cr_assert_eq(seen_done(&s), 0, "no record was produced, none may be handled");
 }
+
+/* A daemon that stores offsets itself: partition 0 after each batch, partition 1 only when it
+ * is revoked, partition 2 never. */
+typedef struct manual {
+    bus_consumer_t *c;
+    atomic_int handled;
+    atomic_int flushes;
+    int64_t next[PARTITIONS];
+} manual_t;
+
+static int manual_batch(void *opaque, bus_record_t *recs, size_t n)
+{
+    manual_t *m = opaque;
+
+    for (size_t i = 0; i < n; i++) {
+        m->next[recs[i].partition] = recs[i].offset + 1;
+        if (recs[i].partition == 0)
+            cr_assert_eq(bus_consumer_offsets_store(m->c, recs[i].topic, 0, recs[i].offset + 1), 0);
+    }
+    atomic_fetch_add(&m->handled, (int)n);
+    return 0;
+}
+
+static void manual_flush(void *opaque, const rd_kafka_topic_partition_list_t *parts)
+{
+    manual_t *m = opaque;
+
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].partition == 1 && m->next[1] > 0)
+            cr_expect_eq(bus_consumer_offsets_store(m->c, parts->elems[i].topic, 1, m->next[1]), 0);
+    atomic_fetch_add(&m->flushes, 1);
+}
+
+Test(bus_consumer, manual_offsets_commit_only_what_the_daemon_stored)
+{
+    static const char *const topics[] = {"in", NULL};
+    static manual_t m;
+    test_conf_t tc;
+    char errbuf[256];
+    runner_t rn;
+
+    memset(&m, 0, sizeof(m));
+    mock_topic(&mock, "in", PARTITIONS);
+    produce_range("in", 0, 100);
+    for (int p = 0; p < PARTITIONS; p++)
+        cr_assert_gt(high_watermark(mock.bootstraps, "in", p), 0, "partition %d is empty", p);
+
+    test_conf_init(&tc, "bootstrap.servers", mock.bootstraps, NULL);
+    cr_assert_eq(bus_consumer_new(&tc.conf,
+                                  &(bus_consumer_opts_t){
+                                      .group_id = "g-manual",
+                                      .topics = topics,
+                                      .dlq_topic = "dlq.test.v1",
+                                      .batch_max = 16,
+                                      .batch_ms = 20,
+                                      .handle_batch = manual_batch,
+                                      .manual_offsets = true,
+                                      .on_revoke_flush = manual_flush,
+                                      .opaque = &m,
+                                  },
+                                  &rn.c, errbuf, sizeof(errbuf)),
+                 0, "%s", errbuf);
+    m.c = rn.c;
+    atomic_store(&stop_flag, false);
+    cr_assert_eq(pthread_create(&rn.thread, NULL, run_main, &rn), 0);
+    cr_assert(WAIT_UNTIL(atomic_load(&m.handled) == 100, 20000), "handled %d of 100",
+              atomic_load(&m.handled));
+    cr_expect_eq(atomic_load(&m.flushes), 0, "flushed before any revocation");
+    consumer_stop(&rn);
+
+    cr_expect_eq(atomic_load(&m.flushes), 1, "the close revokes once");
+    for (int p = 0; p < 2; p++)
+        cr_expect_eq(committed_offset(mock.bootstraps, "g-manual", "in", p),
+                     high_watermark(mock.bootstraps, "in", p), "partition %d", p);
+    cr_expect_eq(committed_offset(mock.bootstraps, "g-manual", "in", 2), RD_KAFKA_OFFSET_INVALID,
+                 "a partition the daemon never stored must not be committed");
+}

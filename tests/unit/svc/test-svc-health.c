@@ -126,6 +126,34 @@ Test(svc_health, readyz_follows_the_checks)
     free(res.body);
 }
 
+Test(svc_health, a_noted_dependency_degrades_but_keeps_ready)
+{
+    response_t res;
+    json_t *j;
+
+    svc_health_set(health, "db", true);
+    svc_health_note(health, "redis", false);
+    cr_assert(svc_health_ready(health), "a noted check does not gate readiness");
+    res = request("GET", "/readyz");
+    cr_assert_eq(res.status, 200);
+    j = body_json(&res);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "degraded");
+    cr_assert(json_is_false(json_object_get(json_object_get(j, "checks"), "redis")), "%s",
+              res.body);
+    json_decref(j);
+    free(res.body);
+
+    svc_health_note(health, "redis", true);
+    res = request("GET", "/readyz");
+    j = body_json(&res);
+    cr_assert_str_eq(json_string_value(json_object_get(j, "status")), "ready");
+    json_decref(j);
+    free(res.body);
+
+    svc_health_set(health, "db", false);
+    cr_assert_not(svc_health_ready(health));
+}
+
 Test(svc_health, metrics_serves_the_registry)
 {
     svc_metric_t *m = svc_metrics_counter(reg, "sb_test_events_total", "Events.", "kind=\"a\"");
