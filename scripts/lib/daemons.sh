@@ -7,12 +7,14 @@
 # One line per daemon: name, binary under $SB_BUILD_DIR, the variable holding the port whose
 # GET /readyz must answer 200, then its settings as NAME=VALUE. Each setting becomes the
 # variable SB_<DAEMON>_<NAME> (svc_config's naming: "sensor-ingest" -> SB_SENSOR_INGEST_...);
-# VALUE is one of: listen pg kafka redis pepper jwt-secret s3-endpoint s3-access-key s3-secret-key
-# s3-bucket cors (see sb_stack_value). Adding a daemon is adding a line.
+# VALUE is one of: listen pg pg-gateway kafka redis pepper jwt-secret s3-endpoint s3-access-key
+# s3-secret-key s3-secret-key-file s3-bucket cors (see sb_stack_value). Adding a daemon is adding a line.
 SB_DAEMONS=(
-    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret REDIS_URL=redis CORS_ORIGINS=cors"
-    "sensor-ingest  sb-sensor-ingest  SB_INGEST_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg KAFKA_BOOTSTRAP_SERVERS=kafka"
+    "gateway        sb-gateway        SB_GATEWAY_PORT        LISTEN=listen PG_DSN=pg-gateway KAFKA_BOOTSTRAP_SERVERS=kafka KEY_PEPPER_FILE=pepper JWT_SECRET_FILE=jwt-secret REDIS_URL=redis CORS_ORIGINS=cors"
+    "sensor-ingest  sb-sensor-ingest  SB_INGEST_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg REDIS_URL=redis KAFKA_BOOTSTRAP_SERVERS=kafka"
     "anomaly-detector  sb-anomaly-detector  SB_ANOMALY_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg REDIS_URL=redis KAFKA_BOOTSTRAP_SERVERS=kafka"
+    "order-processor  sb-order-processor  SB_ORDERS_HEALTH_PORT  HEALTH_LISTEN=listen PG_DSN=pg REDIS_URL=redis KAFKA_BOOTSTRAP_SERVERS=kafka"
+    "s3-archiver  sb-s3-archiver  SB_ARCHIVER_HEALTH_PORT  HEALTH_LISTEN=listen KAFKA_BOOTSTRAP_SERVERS=kafka ENDPOINT=s3-endpoint ACCESS_KEY=s3-access-key SECRET_KEY_FILE=s3-secret-key-file BUCKET=s3-bucket"
 )
 
 SB_SBCTL_BIN=sbctl
@@ -43,6 +45,7 @@ sb_stack_value() {
     case $1 in
     listen) printf '127.0.0.1:%s' "$2" ;;
     pg) printf '%s' "$SB_PG_DSN" ;;
+    pg-gateway) sb_pg_gateway_dsn ;;
     kafka) printf '%s' "$SB_KAFKA_BOOTSTRAP" ;;
     redis) printf '%s' "$SB_REDIS_URL" ;;
     pepper) printf '%s' "$SB_KEY_PEPPER_FILE" ;;
@@ -50,6 +53,7 @@ sb_stack_value() {
     s3-endpoint) printf '%s' "$SB_S3_ENDPOINT" ;;
     s3-access-key) printf '%s' "$SB_S3_ACCESS_KEY" ;;
     s3-secret-key) printf '%s' "$SB_S3_SECRET_KEY" ;;
+    s3-secret-key-file) printf '%s' "$SB_SECRETS_DIR/s3_secret_key" ;;
     s3-bucket) printf '%s' "$SB_S3_BUCKET" ;;
     cors) printf '%s' "$SB_CORS_ORIGINS" ;;
     *) sb_die "SB_DAEMONS names an unknown stack value '$1'" ;;
@@ -76,9 +80,11 @@ sb_daemon_launch() {
 }
 
 sb_daemon_wait() {
-    local pid
+    local pid deadline=$((SECONDS + 5))
     sb_daemon_parse "$1"
-    pid=$(sb_pid "$D_NAME" "$D_BIN") || {
+    # Right after the spawn the process can still be the shell that is about to exec the daemon.
+    until pid=$(sb_pid "$D_NAME" "$D_BIN") || ((SECONDS >= deadline)); do sleep 0.1; done
+    [[ -n $pid ]] || {
         sb_log_tail "$(sb_daemon_log "$D_NAME")"
         sb_die "$D_NAME is not running (log: $(sb_daemon_log "$D_NAME"))"
     }

@@ -59,12 +59,19 @@ static bool type_conf_valid(const detector_type_conf_t *tc)
            tc->min_stddev >= 0;
 }
 
-int detector_new(const detector_config_t *conf, detector_t **ret_det)
+static void types_free(detector_type_conf_t *types, size_t n)
 {
-    detector_t *det = NULL;
-    int r;
+    for (size_t i = 0; i < n; i++)
+        free((char *)types[i].type);
+    free(types);
+}
 
-    if (!conf || !ret_det || !type_conf_valid(&conf->defaults))
+/* Checks @conf's thresholds and copies its types table into @ret_types (NULL when empty). */
+static int types_copy(const detector_config_t *conf, detector_type_conf_t **ret_types)
+{
+    detector_type_conf_t *types = NULL;
+
+    if (!type_conf_valid(&conf->defaults))
         return -EINVAL;
     for (size_t i = 0; i < conf->ntypes; i++) {
         if (!conf->types[i].type || !type_conf_valid(&conf->types[i]))
@@ -73,28 +80,50 @@ int detector_new(const detector_config_t *conf, detector_t **ret_det)
             if (strcmp(conf->types[i].type, conf->types[j].type) == 0)
                 return -EINVAL;
     }
+    if (conf->ntypes && !(types = calloc(conf->ntypes, sizeof(*types))))
+        return -ENOMEM;
+    for (size_t i = 0; i < conf->ntypes; i++) {
+        types[i] = conf->types[i];
+        if (!(types[i].type = strdup(conf->types[i].type))) {
+            types_free(types, i);
+            return -ENOMEM;
+        }
+    }
+    *ret_types = types;
+    return 0;
+}
 
+int detector_config_set(detector_t *det, const detector_config_t *conf)
+{
+    detector_type_conf_t *types = NULL;
+    int r;
+
+    if (!det || !conf)
+        return -EINVAL;
+    if ((r = types_copy(conf, &types)) < 0)
+        return r;
+    types_free(det->types, det->ntypes);
+    det->types = types;
+    det->ntypes = conf->ntypes;
+    det->defaults = conf->defaults;
+    det->defaults.type = NULL;
+    return 0;
+}
+
+int detector_new(const detector_config_t *conf, detector_t **ret_det)
+{
+    detector_t *det = NULL;
+    int r;
+
+    if (!conf || !ret_det)
+        return -EINVAL;
     det = calloc(1, sizeof(*det));
     if (!det)
         return -ENOMEM;
-    det->defaults = conf->defaults;
-    det->defaults.type = NULL;
     det->max_sensors = conf->max_sensors ? conf->max_sensors : DETECTOR_MAX_SENSORS_DEFAULT;
-    if (conf->ntypes) {
-        det->types = calloc(conf->ntypes, sizeof(*det->types));
-        if (!det->types) {
-            r = -ENOMEM;
-            goto fail;
-        }
-        for (size_t i = 0; i < conf->ntypes; i++) {
-            det->types[i] = conf->types[i];
-            det->types[i].type = strdup(conf->types[i].type);
-            det->ntypes = i + 1;
-            if (!det->types[i].type) {
-                r = -ENOMEM;
-                goto fail;
-            }
-        }
+    if ((r = detector_config_set(det, conf)) < 0) {
+        free(det);
+        return r;
     }
     det->nbuckets = BUCKETS_MIN;
     det->buckets = calloc(det->nbuckets, sizeof(*det->buckets));
@@ -130,9 +159,7 @@ void detector_free(detector_t *det)
     if (det->buckets)
         detector_forget_all(det);
     free(det->buckets);
-    for (size_t i = 0; i < det->ntypes; i++)
-        free((char *)det->types[i].type);
-    free(det->types);
+    types_free(det->types, det->ntypes);
     free(det);
 }
 
@@ -459,4 +486,60 @@ int detector_sensor_restore(detector_t *det, const char *project, const char *se
     s->last_ts_us = last_ts_us;
     s->last_value = last_value;
     return 0;
+}
+
+int detector_snapshot(const detector_t *det, json_t **ret_json)
+{
+    json_t *doc = NULL, *arr = json_array();
+
+    if (!arr)
+        return -ENOMEM;
+    for (const detector_sensor_t *s = det->lru_tail; s; s = s->prev) {
+        const char *project = s->key, *sensor = s->key + s->project_len + 1;
+        json_t *state = NULL;
+        if (detector_sensor_snapshot(det, project, sensor, &state) < 0 ||
+            json_array_append_new(arr, json_pack("{s:s, s:s, s:o}", "project", project, "sensor",
+                                                 sensor, "state", state)) < 0)
+            goto fail;
+    }
+    doc = json_pack("{s:i, s:o}", "version", SNAPSHOT_VERSION, "sensors", arr);
+    if (!doc)
+        return -ENOMEM; /* json_pack's "o" consumed arr */
+    *ret_json = doc;
+    return 0;
+
+fail:
+    json_decref(arr);
+    return -ENOMEM;
+}
+
+int detector_restore(detector_t *det, const json_t *snapshot, size_t *ret_count)
+{
+    const json_t *sensors = json_object_get(snapshot, "sensors"), *e;
+    int64_t version;
+    size_t i, n = 0;
+    int r = -EINVAL;
+
+    if (!det)
+        return -EINVAL;
+    detector_forget_all(det);
+    if (!json_is_object(snapshot) || snap_int(snapshot, "version", false, &version) < 0 ||
+        version != SNAPSHOT_VERSION || !json_is_array(sensors))
+        return -EINVAL;
+    json_array_foreach(sensors, i, e)
+    {
+        const char *project = json_string_value(json_object_get(e, "project"));
+        const char *sensor = json_string_value(json_object_get(e, "sensor"));
+        if (!project || !sensor ||
+            (r = detector_sensor_restore(det, project, sensor, json_object_get(e, "state"))) < 0)
+            goto fail;
+        n++;
+    }
+    if (ret_count)
+        *ret_count = n < det->count ? n : det->count;
+    return 0;
+
+fail:
+    detector_forget_all(det);
+    return r < 0 ? r : -EINVAL;
 }

@@ -96,6 +96,14 @@ void detector_config_init(detector_config_t *conf);
  */
 int detector_new(const detector_config_t *conf, detector_t **ret_det);
 
+/**
+ * Replaces the thresholds (@conf's defaults and types, copied; max_sensors is kept) and keeps
+ * every sensor's state, so that a changed threshold applies from the next reading. A sensor
+ * already past a shorter warm-up stays judged; one short of a longer warm-up learns on.
+ * Returns 0, or -EINVAL / -ENOMEM with the old thresholds still in force.
+ */
+int detector_config_set(detector_t *det, const detector_config_t *conf);
+
 /** Frees the detector and every sensor's state. Accepts NULL. */
 void detector_free(detector_t *det);
 
@@ -141,3 +149,19 @@ int detector_sensor_snapshot(const detector_t *det, const char *project, const c
  */
 int detector_sensor_restore(detector_t *det, const char *project, const char *sensor,
                             const json_t *snapshot);
+
+/**
+ * The state of every sensor, least recently used first, as one JSON document:
+ * {"version":1,"sensors":[{"project":"..","sensor":"..","state":{<detector_sensor_snapshot()>}},
+ * ...]}. A partition's snapshot, to restore on another consumer after a rebalance. On success
+ * hands the caller a new reference in @ret_json. Returns 0 or -ENOMEM.
+ */
+int detector_snapshot(const detector_t *det, json_t **ret_json);
+
+/**
+ * Replaces every sensor's state with a detector_snapshot() document (borrowed), keeping its
+ * least-recently-used order (beyond max_sensors, the least recently used are left out).
+ * Returns 0 and the number of sensors restored in @ret_count (may be NULL); -EINVAL for a
+ * malformed document, or -ENOMEM: the detector is then empty (its sensors warm up again).
+ */
+int detector_restore(detector_t *det, const json_t *snapshot, size_t *ret_count);

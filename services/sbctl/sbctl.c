@@ -15,8 +15,15 @@ static const struct {
     const char *name;
     int (*run)(int argc, char **argv);
 } sbctl_cmds[] = {
-    {"migrate", sbctl_migrate_run},   {"topics", sbctl_topics_run}, {"orgs", sbctl_orgs_run},
-    {"projects", sbctl_projects_run}, {"keys", sbctl_keys_run},
+    {"migrate", sbctl_migrate_run},
+    {"topics", sbctl_topics_run},
+    {"orgs", sbctl_orgs_run},
+    {"projects", sbctl_projects_run},
+    {"keys", sbctl_keys_run},
+    {"customers", sbctl_customers_run},
+    {"order-rules", sbctl_order_rules_run},
+    {"archive", sbctl_archive_run},
+    {"aggregates", sbctl_aggregates_run},
 };
 
 static void usage(FILE *f)
@@ -39,6 +46,14 @@ static void usage(FILE *f)
         "              [--expires-in-days D]        create an API key, print the token\n"
         "  keys revoke <prefix>                     revoke an API key\n"
         "  keys list [--org SLUG]                   list API keys (never their secrets)\n"
+        "  customers create --org SLUG <customer-id> [--name NAME] [--route R]\n"
+        "                                           register a customer orders may name\n"
+        "  customers list --org SLUG                list an organization's customers\n"
+        "  order-rules set --org SLUG --sku SKU|'*' --max-quantity N\n"
+        "                                           limit above which orders need approval\n"
+        "  order-rules list --org SLUG              list an organization's limits\n"
+        "  archive verify [--topic T] [--json]      check the S3 archive for gaps and overlaps\n"
+        "  aggregates rebuild [--org SLUG]          recompute the Redis dashboard aggregates\n"
         "\n"
         "Environment (a variable that is not set is looked up in $SB_RUN_DIR/stack.env,\n"
         "else ./.run/stack.env, the file the local stack writes):\n"
@@ -48,6 +63,9 @@ static void usage(FILE *f)
         "  SB_SQL_DIR            migrations directory (default %s)\n"
         "  SB_TOPIC_PARTITIONS   partitions of the data topics (default 6)\n"
         "  SB_TOPIC_REPLICATION  replication factor (default: the broker's default)\n"
+        "  SB_REDIS_URL          Redis of the dashboard aggregates (or SB_REDIS_URL_FILE)\n"
+        "  SB_S3_ENDPOINT, SB_S3_BUCKET, SB_S3_ACCESS_KEY, SB_S3_SECRET_KEY (or _FILE),\n"
+        "  SB_S3_REGION, SB_S3_PREFIX   the archive's S3 bucket (sbctl archive)\n"
         "\n"
         "Exit status: 0 ok, 1 failure, 2 usage error.\n",
         SB_SQL_DIR);

@@ -42,6 +42,24 @@ db_t *sbctl_db_open(void);
 /** True for a slug as the schema accepts it: ^[a-z0-9][a-z0-9-]{0,62}$. */
 bool sbctl_slug_valid(const char *s);
 
+/** One "--name VALUE" option of a subcommand: its short code (for @allowed below), its long
+ *  name, and where its value goes. */
+typedef struct sbctl_opt {
+    char code;
+    const char *name;
+    const char **value;
+} sbctl_opt_t;
+
+/**
+ * Parses a subcommand's arguments as getopt sees them (@argv[0] is the subcommand word): the
+ * options of @opts (@nopts of them) whose code is in @allowed, --help (sets *@ret_help and
+ * stops), and at most @maxpos positional arguments into @pos (their count in *@ret_npos).
+ * 0, or -EINVAL for an unknown or misplaced option (named on stderr) or too many arguments.
+ */
+int sbctl_opts_parse(int argc, char **argv, const sbctl_opt_t *opts, size_t nopts,
+                     const char *allowed, const char **pos, int maxpos, int *ret_npos,
+                     bool *ret_help);
+
 /** Parses a decimal integer in [@min, @max]. 0 or -EINVAL. */
 int sbctl_parse_int(const char *s, long min, long max, long *ret);
 
@@ -50,3 +68,7 @@ int sbctl_topics_run(int argc, char **argv);
 int sbctl_orgs_run(int argc, char **argv);
 int sbctl_projects_run(int argc, char **argv);
 int sbctl_keys_run(int argc, char **argv);
+int sbctl_customers_run(int argc, char **argv);
+int sbctl_order_rules_run(int argc, char **argv);
+int sbctl_archive_run(int argc, char **argv);
+int sbctl_aggregates_run(int argc, char **argv);

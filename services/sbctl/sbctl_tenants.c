@@ -1,6 +1,5 @@
 /* sbctl orgs / projects / keys: tenants and their machine API keys. */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,22 +32,25 @@ static int keys_usage(FILE *f)
     fprintf(f,
             "Usage: sbctl keys create --org SLUG --project SLUG [--name NAME]\n"
             "                         [--scopes ingest,read,orders] [--expires-in-days D]\n"
+            "                         [--rate-limit N]\n"
             "       sbctl keys revoke <prefix>\n"
             "       sbctl keys list [--org SLUG]\n"
             "\n"
             "create  makes a key for one project. Prints only the token (lok_<prefix>.<secret>)\n"
             "        on stdout, so that scripts can capture it; it is shown this once and never\n"
             "        stored (the database keeps HMAC-SHA256(pepper, secret)). Scopes default to\n"
-            "        ingest. Needs SB_KEY_PEPPER or SB_KEY_PEPPER_FILE, the gateway's pepper.\n"
+            "        ingest. --rate-limit gives the key its own limit of N requests per second\n"
+            "        (burst 2N) instead of the gateway's key_rate_per_s. Needs SB_KEY_PEPPER or\n"
+            "        SB_KEY_PEPPER_FILE, the gateway's pepper.\n"
             "revoke  revokes the key with that prefix (also accepts lok_<prefix>); revoking a\n"
             "        revoked key is not an error.\n"
             "list    prefix, project, scopes, name and dates of every key; never secrets.\n");
     return f == stdout ? SBCTL_OK : SBCTL_USAGE;
 }
 
-/* getopt_long over argv[1..]: the subcommand word is argv[0] of what getopt sees. */
+/* A subcommand's options (sbctl_opts_parse(): argv[0] is the subcommand word). */
 typedef struct sbctl_opts {
-    const char *org, *project, *name, *scopes, *expires;
+    const char *org, *project, *name, *scopes, *expires, *rate;
     const char *pos[3];
     int npos;
     bool help;
@@ -56,38 +58,15 @@ typedef struct sbctl_opts {
 
 static int parse_opts(int argc, char **argv, sbctl_opts_t *o, const char *allowed)
 {
-    static const struct option opts[] = {{"org", required_argument, NULL, 'o'},
-                                         {"project", required_argument, NULL, 'p'},
-                                         {"name", required_argument, NULL, 'n'},
-                                         {"scopes", required_argument, NULL, 's'},
-                                         {"expires-in-days", required_argument, NULL, 'e'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {0}};
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'h') {
-            o->help = true;
-            return 0;
-        }
-        if (c == '?' || !strchr(allowed, c)) {
-            if (c != '?')
-                sbctl_err("option not accepted here: %s", argv[optind - 1]);
-            return -EINVAL;
-        }
-        const char **slot = c == 'o'   ? &o->org
-                            : c == 'p' ? &o->project
-                            : c == 'n' ? &o->name
-                            : c == 's' ? &o->scopes
-                                       : &o->expires;
-        *slot = optarg;
-    }
-    for (int i = optind; i < argc; i++) {
-        if (o->npos == 3)
-            return -EINVAL;
-        o->pos[o->npos++] = argv[i];
-    }
-    return 0;
+    const sbctl_opt_t opts[] = {{'o', "org", &o->org},
+                                {'p', "project", &o->project},
+                                {'n', "name", &o->name},
+                                {'s', "scopes", &o->scopes},
+                                {'e', "expires-in-days", &o->expires},
+                                {'r', "rate-limit", &o->rate}};
+
+    return sbctl_opts_parse(argc, argv, opts, sizeof(opts) / sizeof(opts[0]), allowed, o->pos, 3,
+                            &o->npos, &o->help);
 }
 
 static bool check_slug(const char *what, const char *s)
@@ -260,7 +239,7 @@ static int keys_create(const sbctl_opts_t *o)
 {
     char scopes[64], token[AUTH_KEY_TOKEN_LEN + 1], prefix[AUTH_KEY_PREFIX_LEN + 1];
     char hash[AUTH_KEY_HASH_HEX + 1];
-    long days = 0;
+    long days = 0, rate = 0;
     size_t pepper_len = 0;
     char *pepper = NULL;
     PGresult *res = NULL;
@@ -275,6 +254,10 @@ static int keys_create(const sbctl_opts_t *o)
         return SBCTL_USAGE;
     if (o->expires && sbctl_parse_int(o->expires, 1, 36500, &days) < 0) {
         sbctl_err("--expires-in-days must be a number of days, 1-36500");
+        return SBCTL_USAGE;
+    }
+    if (o->rate && sbctl_parse_int(o->rate, 1, 1000000, &rate) < 0) {
+        sbctl_err("--rate-limit must be a number of requests per second, 1-1000000");
         return SBCTL_USAGE;
     }
     if (!(pepper = load_pepper(&pepper_len)))
@@ -302,23 +285,25 @@ static int keys_create(const sbctl_opts_t *o)
         goto out;
     }
 
-    char days_text[16];
+    char days_text[16], rate_text[16];
     snprintf(days_text, sizeof(days_text), "%ld", days);
+    snprintf(rate_text, sizeof(rate_text), "%ld", rate);
     const char *params[] = {PQgetvalue(res, 0, 1),
                             PQgetvalue(res, 0, 0),
                             prefix,
                             hash,
                             o->name ? o->name : "",
                             scopes,
-                            o->expires ? days_text : NULL};
+                            o->expires ? days_text : NULL,
+                            o->rate ? rate_text : NULL};
     PGresult *ins = NULL;
     if (db_exec(
             db, NULL,
             "INSERT INTO api_keys (org_id, project_id, prefix, secret_hash, name, scopes, "
-            "expires_at) VALUES ($1, $2, $3, $4, $5, $6::text[], "
-            "now() + make_interval(days => $7::int)) "
+            "expires_at, rate_limit_per_s) VALUES ($1, $2, $3, $4, $5, $6::text[], "
+            "now() + make_interval(days => $7::int), $8::int) "
             "RETURNING to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
-            7, params, &ins) < 0) {
+            8, params, &ins) < 0) {
         sbctl_err("cannot store the key: %s", db_errmsg(db));
         goto out;
     }
@@ -427,7 +412,7 @@ int sbctl_keys_run(int argc, char **argv)
     if (!sub || !strcmp(sub, "--help") || !strcmp(sub, "-h"))
         return keys_usage(sub ? stdout : stderr);
     if (!strcmp(sub, "create"))
-        allowed = "opnse";
+        allowed = "opnser";
     else if (!strcmp(sub, "revoke"))
         allowed = "";
     else if (!strcmp(sub, "list"))

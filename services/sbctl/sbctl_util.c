@@ -1,6 +1,7 @@
 /* sbctl_util.c: settings (environment, then the local stack's stack.env) and small helpers. */
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,4 +224,42 @@ char *sbctl_secret(const char *name, bool required, size_t *ret_len)
     if (ret_len)
         *ret_len = len;
     return buf;
+}
+
+int sbctl_opts_parse(int argc, char **argv, const sbctl_opt_t *opts, size_t nopts,
+                     const char *allowed, const char **pos, int maxpos, int *ret_npos,
+                     bool *ret_help)
+{
+    struct option longopts[16 + 2] = {{0}};
+    int c;
+
+    if (nopts > 16)
+        return -EINVAL;
+    for (size_t i = 0; i < nopts; i++)
+        longopts[i] = (struct option){opts[i].name, required_argument, NULL, opts[i].code};
+    longopts[nopts] = (struct option){"help", no_argument, NULL, 'h'};
+    *ret_npos = 0;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        size_t i;
+
+        if (c == 'h') {
+            *ret_help = true;
+            return 0;
+        }
+        for (i = 0; i < nopts && opts[i].code != c; i++)
+            ;
+        if (c == '?' || i == nopts || !strchr(allowed, c)) {
+            if (c != '?')
+                sbctl_err("option not accepted here: --%s", opts[i].name);
+            return -EINVAL;
+        }
+        *opts[i].value = optarg;
+    }
+    for (int i = optind; i < argc; i++) {
+        if (*ret_npos == maxpos)
+            return -EINVAL;
+        pos[(*ret_npos)++] = argv[i];
+    }
+    return 0;
 }

@@ -1,21 +1,24 @@
 """sb-anomaly-detector end to end: device -> gateway -> Kafka -> detector -> anomalies.v1,
-PostgreSQL `anomalies` and the Redis counters sb:anomalies:<project_id>.
+PostgreSQL `anomalies` and the Redis counters sb:anomalies:<project_id>; the sensors'
+registration (hard limits, type), thresholds per type from detector_thresholds, and the
+per-partition state that a restart restores instead of warming up again.
 
 The signal is uniform noise around a level, so that no normal reading can ever be beyond a few
-standard deviations whatever the seed, and the spike is 50 standard deviations out.
+standard deviations whatever the seed, and a spike is far beyond them.
 """
 
 import datetime as dt
 import json
 import random
-import socket
-import urllib.parse
+import re
 import uuid
 
+import requests
 from confluent_kafka import Consumer, TopicPartition
 from jsonschema import Draft202012Validator
 
 from conftest import READINGS_TOPIC, REPO, reading, wait_until
+from sb_redis import Redis, redis_command
 
 ANOMALIES_TOPIC = "anomalies.v1"
 DETECTOR_GROUP = "sb-anomaly-detector"
@@ -32,33 +35,6 @@ def steady(rng, sensor, start, n, first_second=0):
     """n normal readings of `sensor`, one second apart from start + first_second."""
     return [reading(sensor, LEVEL + rng.uniform(-HALF_WIDTH, HALF_WIDTH), id=str(uuid.uuid4()),
                     ts=iso(start + dt.timedelta(seconds=first_second + i))) for i in range(n)]
-
-
-def redis_command(url, *args):
-    """One command on a fresh connection (RESP2), enough for HGET: the venv has no Redis client."""
-    u = urllib.parse.urlsplit(url)
-    with socket.create_connection((u.hostname, u.port or 6379), timeout=5) as s:
-        f = s.makefile("rb")
-
-        def call(*words):
-            data = [w.encode() for w in words]
-            s.sendall(b"*%d\r\n" % len(data) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w)
-                                                         for w in data))
-            line = f.readline()
-            kind, rest = line[:1], line[1:-2]
-            if kind == b"-":
-                raise AssertionError(f"Redis: {rest.decode()}")
-            if kind == b"$":
-                n = int(rest)
-                return None if n < 0 else f.read(n + 2)[:-2].decode()
-            return rest.decode()
-
-        if u.password:
-            call("AUTH", *([urllib.parse.unquote(u.username)] if u.username else []),
-                 urllib.parse.unquote(u.password))
-        if u.path.strip("/"):
-            call("SELECT", u.path.strip("/"))
-        return call(*args)
 
 
 def anomaly_rows(stack, project_id):
@@ -165,3 +141,113 @@ def test_sigkill_mid_stream_makes_no_duplicate_anomaly(stack, tenant):
     # Counted once each: a re-detected anomaly that was already stored is not counted again.
     key = f"sb:anomalies:{tenant.project_id}"
     assert redis_command(stack.env["SB_REDIS_URL"], "HGET", key, "total") == "2"
+
+
+def register(stack, tenant, sensor, sensor_type, min_value=None, max_value=None):
+    """Registers a sensor as POST /sensors would (the detector reads the table)."""
+    stack.sql("INSERT INTO sensors (org_id, project_id, id, type, min_value, max_value) "
+              "SELECT org_id, id, %s, %s, %s, %s FROM projects WHERE id = %s RETURNING id",
+              sensor, sensor_type, min_value, max_value, tenant.project_id)
+
+
+def detector_metric(stack, name):
+    text = requests.get(stack.env["SB_HEALTH_URL_ANOMALY_DETECTOR"].replace("/readyz", "/metrics"),
+                        timeout=5).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def post(tenant, batch):
+    r = tenant.post(batch)
+    assert r.status_code == 202, r.text
+
+
+def test_registered_limits_fire_inside_the_zscore_band(stack, tenant):
+    rng = random.Random(41)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=30)
+    # Limits just outside the noise band [19, 21]: a value beyond them is still well inside the
+    # 4.5-sigma band of the z-score (sigma ~0.58, so 4.5 sigma ~2.6 around 20).
+    register(stack, tenant, "boiler-7", "boiler-temp", min_value=18.5, max_value=21.5)
+    high, low = str(uuid.uuid4()), str(uuid.uuid4())
+    batch = steady(rng, "boiler-7", start, 150)
+    batch.append(reading("boiler-7", 21.8, id=high, ts=iso(start + dt.timedelta(seconds=150))))
+    batch += steady(rng, "boiler-7", start, 20, first_second=151)
+    batch.append(reading("boiler-7", 18.2, id=low, ts=iso(start + dt.timedelta(seconds=171))))
+    post(tenant, batch)
+
+    wait_until("both limit anomalies", lambda: len(anomaly_rows(stack, tenant.project_id)) >= 2)
+    wait_detector_caught_up(stack)
+    rows = anomaly_rows(stack, tenant.project_id)
+    assert [(r[0], r[3]) for r in rows] == [(high, ["limit_high"]), (low, ["limit_low"])], rows
+    zs = stack.sql("SELECT abs(z) FROM anomalies WHERE project_id = %s", tenant.project_id)
+    assert all(0 < z < 4.5 for (z,) in zs), zs
+
+    key = f"sb:anomalies:{tenant.project_id}"
+    url = stack.env["SB_REDIS_URL"]
+    wait_until("the Redis counters", lambda: redis_command(url, "HGET", key, "total") == "2",
+               timeout=15)
+    with Redis(url) as r:
+        assert r.hgetall(key) == {"total": "2", "limit_high": "1", "limit_low": "1"}
+        r("DEL", key)
+    # sbctl rebuilds the counters from the anomalies table.
+    stack.sbctl("aggregates", "rebuild", "--org", tenant.org_slug)
+    with Redis(url) as r:
+        assert r.hgetall(key) == {"total": "2", "limit_high": "1", "limit_low": "1"}
+
+
+def test_a_threshold_change_for_a_sensor_type_takes_effect(stack, tenant):
+    rng = random.Random(43)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=40)
+    sensor_type = "press-" + uuid.uuid4().hex[:8]
+    register(stack, tenant, "press-1", sensor_type)
+    batch = steady(rng, "press-1", start, 200)
+    # 3.5 sigma: normal for the default threshold (4.5).
+    before = reading("press-1", LEVEL + 3.5 * SIGMA, id=str(uuid.uuid4()),
+                     ts=iso(start + dt.timedelta(seconds=200)))
+    post(tenant, batch + [before])
+    wait_until("the readings in PostgreSQL", lambda: tenant.row_count() == len(batch) + 1)
+    wait_detector_caught_up(stack)
+    assert anomaly_rows(stack, tenant.project_id) == []
+
+    changes = detector_metric(stack, "sb_anomaly_threshold_changes_total")
+    stack.sql("INSERT INTO detector_thresholds (sensor_type, z_threshold, warmup, alpha) "
+              "VALUES (%s, 2.5, 30, 0.05) RETURNING sensor_type", sensor_type)
+    try:
+        wait_until("the detector to reload its thresholds",
+                   lambda: detector_metric(stack, "sb_anomaly_threshold_changes_total") > changes,
+                   timeout=60, interval=0.5)
+        after = reading("press-1", LEVEL + 3.5 * SIGMA, id=str(uuid.uuid4()),
+                        ts=iso(start + dt.timedelta(seconds=202)))
+        post(tenant, steady(rng, "press-1", start, 1, first_second=201) + [after])
+        wait_until("the anomaly", lambda: anomaly_rows(stack, tenant.project_id))
+        wait_detector_caught_up(stack)
+        rows = anomaly_rows(stack, tenant.project_id)
+        assert [(r[0], r[3]) for r in rows] == [(after["id"], ["zscore"])], rows
+    finally:
+        stack.sql("DELETE FROM detector_thresholds WHERE sensor_type = %s RETURNING sensor_type",
+                  sensor_type)
+
+
+def test_restart_restores_the_detector_state_instead_of_warming_up(stack, tenant):
+    rng = random.Random(47)
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=50)
+    post(tenant, steady(rng, "mixer-2", start, 200))
+    wait_until("the readings in PostgreSQL", lambda: tenant.row_count() == 200)
+    wait_detector_caught_up(stack)
+
+    # A graceful restart (a rebalance: the partitions are revoked, then assigned again).
+    stack.stack("restart", "anomaly-detector")
+    wait_until("a partition restored from its snapshot",
+               lambda: detector_metric(stack, "sb_anomaly_snapshots_restored_total") > 0,
+               timeout=60, interval=0.5)
+
+    # Right after the restart: normal readings raise nothing, and a spike is judged at once
+    # (a detector warming up again would judge no z-score for 30 readings).
+    spike = reading("mixer-2", LEVEL + 20 * SIGMA, id=str(uuid.uuid4()),
+                    ts=iso(start + dt.timedelta(seconds=230)))
+    post(tenant, steady(rng, "mixer-2", start, 30, first_second=200) + [spike] +
+         steady(rng, "mixer-2", start, 30, first_second=231))
+    wait_until("the spike", lambda: anomaly_rows(stack, tenant.project_id))
+    wait_detector_caught_up(stack)
+    rows = anomaly_rows(stack, tenant.project_id)
+    assert [(r[0], r[3]) for r in rows] == [(spike["id"], ["zscore"])], rows

@@ -337,6 +337,124 @@ Test(detector, snapshot_restore_gives_the_same_verdicts)
     detector_free(b);
 }
 
+Test(detector, threshold_changes_apply_to_running_sensors)
+{
+    detector_config_t conf;
+    detector_type_conf_t types[] = {{.type = "temperature", .alpha = 0.05, .z = 4.5, .warmup = 30}};
+    detector_config_init(&conf);
+    conf.types = types;
+    conf.ntypes = 1;
+    detector_t *det = new_detector(&conf);
+    detector_result_t res;
+    rng_t r = {13};
+
+    int64_t ts = feed_noise(det, "t1", "temperature", &r, 20, 200, 0);
+    feed_noise(det, "p1", NULL, &r, 20, 200, 0);
+    observe(det, "t1", "temperature", 20, ts, &res);
+    double off = 3.8 * res.stddev; /* z about 3.8: normal at 4.5 */
+    cr_assert_eq(observe(det, "t1", "temperature", res.mean + off, ts + MINUTE, &res), 0);
+    cr_assert(res.z > 3.5 && res.z < 4.5, "z %f", res.z);
+
+    /* temperature's threshold drops to 2.5, its rate check comes on; the defaults stay. */
+    types[0].z = 2.5;
+    types[0].max_rate = 1e-3;
+    cr_assert_eq(detector_config_set(det, &conf), 0);
+    observe(det, "t1", "temperature", 20, ts + 2 * MINUTE, &res);
+    unsigned fired = observe(det, "t1", "temperature", res.mean + off, ts + 3 * MINUTE, &res);
+    cr_assert_eq(fired, DETECTOR_ZSCORE | DETECTOR_RATE, "fired %u z %f rate %f", fired, res.z,
+                 res.rate);
+    cr_assert_not(res.new_sensor || res.warming, "the sensor kept its statistics");
+    observe(det, "p1", NULL, 20, ts, &res);
+    cr_assert_eq(observe(det, "p1", NULL, res.mean + 3.8 * res.stddev, ts + MINUTE, &res), 0,
+                 "z %f: the default threshold is still 4.5", res.z);
+
+    /* A longer warm-up holds back a sensor that is still short of it. */
+    types[0].warmup = 500;
+    cr_assert_eq(detector_config_set(det, &conf), 0);
+    cr_assert_eq(observe(det, "t1", "temperature", 1e6, ts + 4 * MINUTE, &res) & DETECTOR_ZSCORE,
+                 0);
+    cr_assert(res.warming);
+
+    /* An invalid change is refused and the thresholds in force stay. */
+    types[0].warmup = 30;
+    types[0].alpha = 2;
+    cr_assert_eq(detector_config_set(det, &conf), -EINVAL);
+    cr_assert_eq(observe(det, "t1", "temperature", 1e6, ts + 5 * MINUTE, &res) & DETECTOR_ZSCORE, 0,
+                 "warm-up 500 is still in force");
+    detector_free(det);
+}
+
+Test(detector, partition_snapshot_round_trip)
+{
+    detector_t *a = default_detector(), *b = default_detector();
+    detector_result_t ra, rb;
+    const char *sensors[] = {"s1", "s2", "s3"};
+    rng_t r = {17};
+    int64_t ts = 0;
+
+    cr_assert_eq(detector_sensor_set_limits(a, PROJECT, "s2", NAN, 25), 0);
+    for (int i = 0; i < 100; i++, ts += MINUTE)
+        for (int k = 0; k < 3; k++)
+            observe(a, sensors[k], NULL, 20 + k + rng_normal(&r), ts, NULL);
+    observe(a, "s1", NULL, 20, ts, NULL); /* s2 is now the least recently used */
+
+    /* Through text, decoded as the daemon decodes it (integers as reals). */
+    json_t *snap = NULL;
+    cr_assert_eq(detector_snapshot(a, &snap), 0);
+    char *text = json_dumps(snap, JSON_COMPACT);
+    json_decref(snap);
+    json_t *back = json_loads(text, JSON_DECODE_INT_AS_REAL | JSON_REJECT_DUPLICATES, NULL);
+    cr_assert_not_null(back, "%s", text);
+    size_t n = 0;
+    cr_assert_eq(detector_restore(b, back, &n), 0, "%s", text);
+    cr_assert_eq(n, 3);
+    cr_assert_eq(detector_sensor_count(b), 3);
+
+    ts += MINUTE;
+    for (int i = 0; i < 200; i++, ts += MINUTE)
+        for (int k = 0; k < 3; k++) {
+            double v = 20 + k + rng_normal(&r) + (i % 40 == 0 ? 12 : 0);
+            observe(a, sensors[k], NULL, v, ts, &ra);
+            observe(b, sensors[k], NULL, v, ts, &rb);
+            cr_assert_not(rb.new_sensor || rb.warming, "%s was restored", sensors[k]);
+            cr_assert_eq(ra.fired, rb.fired, "%s reading %d", sensors[k], i);
+            cr_assert_eq(ra.z, rb.z);
+            cr_assert_eq(ra.mean, rb.mean);
+        }
+
+    /* Least recently used first: a smaller detector keeps the most recent sensors. */
+    detector_config_t conf;
+    detector_config_init(&conf);
+    conf.max_sensors = 2;
+    detector_t *c = new_detector(&conf);
+    cr_assert_eq(detector_restore(c, back, &n), 0);
+    cr_assert_eq(n, 2);
+    json_t *s2 = NULL;
+    cr_assert_eq(detector_sensor_snapshot(c, PROJECT, "s2", &s2), -ENOENT, "s2 was the oldest");
+    cr_assert_eq(detector_sensor_snapshot(c, PROJECT, "s1", &s2), 0);
+    json_decref(s2);
+    json_decref(back);
+    free(text);
+
+    /* A malformed document leaves the detector empty rather than half restored. */
+    const char *bad[] = {
+        "{\"version\":2,\"sensors\":[]}",
+        "{\"version\":1}",
+        "{\"version\":1,\"sensors\":[{\"project\":\"p\",\"sensor\":\"x\","
+        "\"state\":{\"version\":1,\"n\":3,\"mean\":1,\"var\":1}},{\"project\":\"p\"}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *j = json_loads(bad[i], 0, NULL);
+        cr_assert_not_null(j, "%s", bad[i]);
+        cr_assert_eq(detector_restore(b, j, NULL), -EINVAL, "%s", bad[i]);
+        cr_assert_eq(detector_sensor_count(b), 0);
+        json_decref(j);
+    }
+    detector_free(a);
+    detector_free(b);
+    detector_free(c);
+}
+
 Test(detector, sensor_cap_evicts_the_least_recently_used)
 {
     detector_config_t conf;

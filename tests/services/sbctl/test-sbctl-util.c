@@ -88,3 +88,27 @@ Test(sbctl_util, integers_in_range)
     cr_assert_eq(sbctl_parse_int("12x", 1, 36500, &v), -EINVAL);
     cr_assert_eq(sbctl_parse_int("", 1, 36500, &v), -EINVAL);
 }
+
+Test(sbctl_opts, options_positionals_and_refusals)
+{
+    const char *org = NULL, *name = NULL, *pos[2];
+    const sbctl_opt_t opts[] = {{'o', "org", &org}, {'n', "name", &name}};
+    char *ok[] = {"create", "--org", "acme", "c-1", "--name", "Acme Ltd", NULL};
+    char *refused[] = {"list", "--name", "x", NULL};
+    char *too_many[] = {"create", "a", "b", "c", NULL};
+    char *help[] = {"create", "--help", "--bogus", NULL};
+    bool h = false;
+    int npos;
+
+    cr_assert_eq(sbctl_opts_parse(6, ok, opts, 2, "on", pos, 2, &npos, &h), 0);
+    cr_expect_str_eq(org, "acme");
+    cr_expect_str_eq(name, "Acme Ltd");
+    cr_assert_eq(npos, 1);
+    cr_expect_str_eq(pos[0], "c-1");
+    cr_expect_not(h);
+    cr_expect_eq(sbctl_opts_parse(3, refused, opts, 2, "o", pos, 2, &npos, &h), -EINVAL,
+                 "--name is not among the allowed codes");
+    cr_expect_eq(sbctl_opts_parse(4, too_many, opts, 2, "on", pos, 2, &npos, &h), -EINVAL);
+    cr_expect_eq(sbctl_opts_parse(3, help, opts, 2, "on", pos, 2, &npos, &h), 0);
+    cr_expect(h, "--help stops parsing and is reported");
+}
