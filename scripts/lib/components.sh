@@ -6,9 +6,14 @@
 # real readiness check with a deadline), _stop and _status.
 
 # --- PostgreSQL --------------------------------------------------------------------------------
-# A throwaway cluster run as user postgres (PostgreSQL refuses root). Role `sb` logs in over
-# TCP on 127.0.0.1 with a password (scram-sha-256); the postgres superuser only over the
-# cluster's own unix socket (peer).
+# A throwaway cluster run as user postgres (PostgreSQL refuses root). Roles log in over TCP on
+# 127.0.0.1 with a password (scram-sha-256); the postgres superuser only over the cluster's own
+# unix socket (peer). The roles (docs/tenancy.md):
+#   sb          owns the database and the tables; runs the migrations, sbctl and the consumer
+#               daemons. BYPASSRLS, because those write every tenant's rows.
+#   sb_api      NOLOGIN: exactly the privileges the HTTP API needs (sql/0009_rls.sql grants them).
+#   sb_gateway  the gateway's login, a member of sb_api. It owns nothing, so row-level security
+#               always applies to it.
 
 sb_pg_bindir() {
     local dir
@@ -96,16 +101,32 @@ sb_pg_wait() {
     pid=$(head -n 1 "$SB_PG_DATA/postmaster.pid" 2>/dev/null || true)
     sb_wait_ready PostgreSQL 60 "$pid" "$SB_PG_LOG" \
         pg_isready -q -h 127.0.0.1 -p "$SB_PG_PORT" -d postgres
-    # The role's password follows the secret file; both statements are no-ops when done.
-    sb_pg_psql_admin >/dev/null <<EOF || sb_die "could not create the sb role and database"
+    # Passwords follow the secret files; every statement is a no-op when done.
+    sb_pg_psql_admin >/dev/null <<EOF || sb_die "could not create the roles and the database"
+SET client_min_messages = warning;
 SELECT 'CREATE ROLE sb LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sb')\\gexec
-ALTER ROLE sb LOGIN PASSWORD '$SB_PG_PASSWORD';
+ALTER ROLE sb LOGIN BYPASSRLS PASSWORD '$SB_PG_PASSWORD';
+SELECT 'CREATE ROLE sb_api NOLOGIN'
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sb_api')\\gexec
+SELECT 'CREATE ROLE sb_gateway LOGIN'
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sb_gateway')\\gexec
+ALTER ROLE sb_gateway LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE
+    PASSWORD '$(sb_secret pg_gateway_password 24)';
+GRANT sb_api TO sb_gateway;
 SELECT 'CREATE DATABASE sensorbus OWNER sb'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'sensorbus')\\gexec
 EOF
     psql "$SB_PG_DSN" -qAt -c 'SELECT 1' >/dev/null ||
-        sb_die "PostgreSQL is up but $SB_PG_DSN does not log in"
+        sb_die "PostgreSQL is up but role sb does not log in ($SB_PG_DSN)"
+    psql "$(sb_pg_gateway_dsn)" -qAt -c 'SELECT 1' >/dev/null ||
+        sb_die "PostgreSQL is up but role sb_gateway does not log in"
     sb_info "PostgreSQL ready"
+}
+
+# The gateway's DSN: role sb_gateway, whose password is generated once into the secrets dir.
+sb_pg_gateway_dsn() {
+    printf 'postgresql://sb_gateway:%s@127.0.0.1:%s/sensorbus' \
+        "$(sb_secret pg_gateway_password 24)" "$SB_PG_PORT"
 }
 
 sb_pg_stop() {

@@ -76,7 +76,8 @@ static const char *scope_name(unsigned scope)
 
 /* ---- API keys ------------------------------------------------------------------------------- */
 
-static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *ret)
+static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *ret,
+                    int64_t *ret_rate)
 {
     gw_t *gw = r->loop->gw;
     char prefix[AUTH_KEY_PREFIX_LEN + 1], secret[AUTH_KEY_SECRET_LEN + 1];
@@ -103,14 +104,21 @@ static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *
             rc = gw_key_fetch(db, prefix, &key);
         if (rc < 0) {
             gw_loop_db_failed(r->loop);
-            explicit_bzero(secret, sizeof(secret));
             log_warn("API key lookup failed: %s",
                      db_errmsg(r->loop->db)[0] ? db_errmsg(r->loop->db) : strerror(-rc));
-            gw_reply_problemf(r, 503, "unavailable",
-                              "the API key cannot be checked right now (database unavailable)");
-            return rc;
+            /* Ingest does not need PostgreSQL: a key the database vouched for recently keeps
+             * working through an outage (a revocation made meanwhile waits for it to end). */
+            if (!gw_keycache_get_stale(gw->keys, prefix, svc_now_ms(),
+                                       gw->cfg.key_cache_ttl_ms + gw->cfg.key_cache_stale_ms,
+                                       &key)) {
+                explicit_bzero(secret, sizeof(secret));
+                gw_reply_problemf(r, 503, "unavailable",
+                                  "the API key cannot be checked right now (database unavailable)");
+                return rc;
+            }
+        } else {
+            gw_keycache_put(gw->keys, prefix, &key, svc_now_ms());
         }
-        gw_keycache_put(gw->keys, prefix, &key, svc_now_ms());
     }
 
     /* Verify the secret before saying anything about the key's state, so that only the key's
@@ -136,6 +144,8 @@ static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *
     snprintf(ret->subject, sizeof(ret->subject), "key:%s", prefix);
     ret->scopes = key.scopes;
     ret->role = 0;
+    *ret_rate = key.rate_limit_per_s;
+    gw_key_touch(r->loop, key.org_id, prefix);
     return 0;
 }
 
@@ -183,7 +193,7 @@ int gw_authenticate(gw_req_t *r, unsigned accept, gw_principal_t *ret)
 {
     gw_t *gw = r->loop->gw;
     const char *header = gw_req_get_header(r, "Authorization"), *token;
-    int64_t rate, burst, wait_ms;
+    int64_t rate, burst, wait_ms, key_rate = 0;
     char bucket[80];
     size_t len;
     bool is_key;
@@ -205,13 +215,14 @@ int gw_authenticate(gw_req_t *r, unsigned accept, gw_principal_t *ret)
                                  : "this endpoint takes an API key (lok_<prefix>.<secret>)");
         return -EPERM;
     }
-    rc = is_key ? auth_key(r, token, len, ret) : auth_user(r, token, len, ret);
+    rc = is_key ? auth_key(r, token, len, ret, &key_rate) : auth_user(r, token, len, ret);
     if (rc < 0)
         return rc;
 
     if (is_key) {
-        rate = gw->cfg.key_rate_per_s;
-        burst = gw->cfg.key_rate_burst;
+        /* A key's own rate (api_keys.rate_limit_per_s) overrides the setting, burst 2x. */
+        rate = key_rate > 0 ? key_rate : gw->cfg.key_rate_per_s;
+        burst = key_rate > 0 ? 2 * key_rate : gw->cfg.key_rate_burst;
     } else {
         rate = gw->cfg.user_rate_per_s;
         burst = gw->cfg.user_rate_burst;

@@ -53,6 +53,7 @@ typedef struct gw_config {
     char *pg_dsn;
     char *key_pepper;
     int64_t key_cache_ttl_ms;
+    int64_t key_cache_stale_ms;
     int64_t max_batch;
     int64_t max_body_bytes;
     int64_t max_header_bytes;
@@ -168,8 +169,9 @@ enum {
 typedef struct gw_key {
     bool found;
     bool revoked;
-    unsigned scopes;    /* GW_SCOPE_* */
-    int64_t expires_us; /* microseconds since the epoch; INT64_MAX = never */
+    unsigned scopes;          /* GW_SCOPE_* */
+    int64_t expires_us;       /* microseconds since the epoch; INT64_MAX = never */
+    int64_t rate_limit_per_s; /* the key's own rate (burst twice that); 0: key_rate_per_s */
     char secret_hash[AUTH_KEY_HASH_HEX + 1];
     char org_id[37];
     char project_id[37];
@@ -180,14 +182,21 @@ typedef struct gw_keycache gw_keycache_t;
 /** Longest cache key: an API key prefix, or "p:" + a project UUID (project lookups). */
 #define GW_KEYCACHE_KEY_MAX 40
 
-/** A cache of lookups, shared by every thread (one mutex). Entries live @ttl_ms; at most
- *  @max_entries are kept. 0 or -ENOMEM. */
-int gw_keycache_new(int64_t ttl_ms, size_t max_entries, gw_keycache_t **ret_cache);
+/** A cache of lookups, shared by every thread (one mutex). Entries are fresh for @ttl_ms and
+ *  kept @stale_ms longer for gw_keycache_get_stale(); at most @max_entries are kept. 0 or
+ *  -ENOMEM. */
+int gw_keycache_new(int64_t ttl_ms, int64_t stale_ms, size_t max_entries,
+                    gw_keycache_t **ret_cache);
 void gw_keycache_free(gw_keycache_t *cache);
 
 /** Copies a fresh entry (positive or negative) for @prefix into @ret_key and returns true;
  *  false when there is none or it is older than the TTL at @now_ms (monotonic). */
 bool gw_keycache_get(gw_keycache_t *cache, const char *prefix, int64_t now_ms, gw_key_t *ret_key);
+
+/** Like gw_keycache_get() for an entry younger than @max_age_ms (past its TTL): what the
+ *  database said last, for when it cannot be asked. */
+bool gw_keycache_get_stale(gw_keycache_t *cache, const char *prefix, int64_t now_ms,
+                           int64_t max_age_ms, gw_key_t *ret_key);
 
 /** Stores (or replaces) the entry for @prefix, stamped @now_ms. When the cache is full, expired
  *  entries are dropped first; if none are, the entry is not stored. */
@@ -207,6 +216,15 @@ int gw_project_prepare(db_t *db);
 /** Looks project @project_id up: 0 with ret->found, ret->org_id and ret->project_id, or a
  *  db_exec() error. For people posting readings, who name their project per request. */
 int gw_project_fetch(db_t *db, const char *project_id, gw_key_t *ret);
+
+#define GW_KEY_TOUCH_INTERVAL_MS 60000
+
+struct gw_loop;
+
+/** Records that key @prefix (of organization @org_id) authenticated a request: at most once per
+ *  GW_KEY_TOUCH_INTERVAL_MS per key, an UPDATE of api_keys.last_used_at goes out on @loop's pool.
+ *  Nothing waits for it; a failure is logged. */
+void gw_key_touch(struct gw_loop *loop, const char *org_id, const char *prefix);
 
 /** Parses a PostgreSQL text[] literal ("{ingest,read}") into GW_SCOPE_* bits. */
 unsigned gw_scopes_parse(const char *literal);

@@ -152,10 +152,20 @@ static int ingest_caller(gw_req_t *r, gw_principal_t *who)
 
     if ((rc = gw_auth_require(r, GW_SCOPE_INGEST, AUTH_ROLE_OPERATOR, who)) < 0)
         return rc;
-    if (who->kind == GW_PRINCIPAL_KEY)
-        return 0;
     if ((rc = gw_query_uuid(r, "project_id", &project_id)) < 0)
         return rc;
+    if (who->kind == GW_PRINCIPAL_KEY) {
+        /* An API key writes to its own project only; naming another is a mistake to report,
+         * not to ignore. */
+        if (project_id && strcmp(project_id, who->project_id) != 0) {
+            gw_reply_problemf(r, 404, "not-found",
+                              "this API key belongs to another project than %s; leave "
+                              "project_id out",
+                              project_id);
+            return -ENOENT;
+        }
+        return 0;
+    }
     if (!project_id) {
         gw_reply_problemf(r, 400, "invalid-parameter",
                           "project_id is required when a person posts readings "

@@ -14,28 +14,33 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "svc_log.h"
+#include "svc_util.h"
 
 typedef struct keycache_entry {
     struct keycache_entry *next;
     char prefix[GW_KEYCACHE_KEY_MAX + 1];
     int64_t stamp_ms;
+    int64_t touched_ms; /* when gw_key_touch() last sent last_used_at; kept across refreshes */
     gw_key_t key;
 } keycache_entry_t;
 
 struct gw_keycache {
     pthread_mutex_t lock;
     int64_t ttl_ms;
+    int64_t stale_ms; /* how long past the TTL an entry may serve while the database is down */
     size_t max_entries, count, nbuckets;
     keycache_entry_t **buckets;
 };
 
-int gw_keycache_new(int64_t ttl_ms, size_t max_entries, gw_keycache_t **ret_cache)
+int gw_keycache_new(int64_t ttl_ms, int64_t stale_ms, size_t max_entries, gw_keycache_t **ret_cache)
 {
     gw_keycache_t *c = calloc(1, sizeof(*c));
 
     if (!c)
         return -ENOMEM;
     c->ttl_ms = ttl_ms;
+    c->stale_ms = stale_ms;
     c->max_entries = max_entries;
     for (c->nbuckets = 64; c->nbuckets < max_entries / 2 && c->nbuckets < (1u << 20);)
         c->nbuckets *= 2;
@@ -94,13 +99,32 @@ bool gw_keycache_get(gw_keycache_t *c, const char *prefix, int64_t now_ms, gw_ke
     return hit;
 }
 
+bool gw_keycache_get_stale(gw_keycache_t *c, const char *prefix, int64_t now_ms, int64_t max_age_ms,
+                           gw_key_t *ret_key)
+{
+    bool hit = false;
+
+    pthread_mutex_lock(&c->lock);
+    for (keycache_entry_t *e = c->buckets[bucket_of(c, prefix)]; e; e = e->next)
+        if (strcmp(e->prefix, prefix) == 0) {
+            hit = now_ms - e->stamp_ms < max_age_ms;
+            if (hit)
+                *ret_key = e->key;
+            break;
+        }
+    pthread_mutex_unlock(&c->lock);
+    return hit;
+}
+
+/* Drops entries older than the TTL, except those still young enough to serve while the
+ * database is unreachable (gw_keycache_get_stale()). */
 static void sweep_locked(gw_keycache_t *c, int64_t now_ms)
 {
     for (size_t i = 0; i < c->nbuckets; i++)
         for (keycache_entry_t **pe = &c->buckets[i]; *pe;) {
             keycache_entry_t *e = *pe;
 
-            if (fresh(c, e, now_ms)) {
+            if (now_ms - e->stamp_ms < c->ttl_ms + c->stale_ms) {
                 pe = &e->next;
                 continue;
             }
@@ -178,12 +202,13 @@ unsigned gw_scopes_parse(const char *literal)
 
 int gw_key_prepare(db_t *db)
 {
-    /* expires_at comes back as epoch microseconds so that expiry is checked against the clock
-     * on every request, not only when the cache entry was filled. */
+    /* The gateway's role cannot read api_keys before it knows the caller's organization (RLS)
+     * nor ever read secret_hash: sb_api_key_lookup() is the one SECURITY DEFINER door to it
+     * (sql/0009_rls.sql). expires_us is epoch microseconds, so that expiry is checked against
+     * the clock on every request, not only when the cache entry was filled. */
     return db_prepare(db, KEY_LOOKUP,
-                      "SELECT secret_hash, org_id, project_id, scopes, revoked_at IS NOT NULL, "
-                      "(extract(epoch FROM expires_at) * 1000000)::bigint "
-                      "FROM api_keys WHERE prefix = $1",
+                      "SELECT secret_hash, org_id, project_id, scopes, revoked, expires_us, "
+                      "rate_limit_per_s FROM sb_api_key_lookup($1)",
                       1);
 }
 
@@ -206,6 +231,8 @@ int gw_key_fetch(db_t *db, const char *prefix, gw_key_t *ret_key)
         ret_key->revoked = PQgetvalue(res, 0, 4)[0] == 't';
         ret_key->expires_us =
             PQgetisnull(res, 0, 5) ? INT64_MAX : strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+        ret_key->rate_limit_per_s =
+            PQgetisnull(res, 0, 6) ? 0 : strtoll(PQgetvalue(res, 0, 6), NULL, 10);
     }
     PQclear(res);
     return 0;
@@ -215,7 +242,8 @@ int gw_key_fetch(db_t *db, const char *prefix, gw_key_t *ret_key)
 
 int gw_project_prepare(db_t *db)
 {
-    return db_prepare(db, PROJECT_LOOKUP, "SELECT org_id FROM projects WHERE id = $1", 1);
+    /* Before the organization is known, like the key lookup (sql/0009_rls.sql). */
+    return db_prepare(db, PROJECT_LOOKUP, "SELECT sb_project_org($1::uuid)", 1);
 }
 
 int gw_project_fetch(db_t *db, const char *project_id, gw_key_t *ret)
@@ -228,11 +256,61 @@ int gw_project_fetch(db_t *db, const char *project_id, gw_key_t *ret)
     r = db_exec(db, PROJECT_LOOKUP, NULL, 1, params, &res);
     if (r < 0)
         return r;
-    if (PQntuples(res) == 1) {
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
         ret->found = true;
         snprintf(ret->org_id, sizeof(ret->org_id), "%s", PQgetvalue(res, 0, 0));
         snprintf(ret->project_id, sizeof(ret->project_id), "%s", project_id);
     }
     PQclear(res);
     return 0;
+}
+
+/* ---- last_used_at ---------------------------------------------------------------------------- */
+
+/* True when @prefix's cache entry was last touched @interval_ms ago or more (or never), and marks
+ * it touched at @now_ms. False when it has no entry: a cache too full to hold the key skips the
+ * update rather than sending one per request. */
+static bool keycache_touch_due(gw_keycache_t *c, const char *prefix, int64_t now_ms,
+                               int64_t interval_ms)
+{
+    bool due = false;
+
+    pthread_mutex_lock(&c->lock);
+    for (keycache_entry_t *e = c->buckets[bucket_of(c, prefix)]; e; e = e->next)
+        if (strcmp(e->prefix, prefix) == 0) {
+            due = e->touched_ms == 0 || now_ms - e->touched_ms >= interval_ms;
+            if (due)
+                e->touched_ms = now_ms;
+            break;
+        }
+    pthread_mutex_unlock(&c->lock);
+    return due;
+}
+
+static void key_touched(int err, PGresult *res, void *opaque)
+{
+    (void)opaque;
+    if (err < 0 && err != -ECANCELED)
+        log_warn("cannot record an API key's last use: %s",
+                 res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : strerror(-err));
+    PQclear(res);
+}
+
+/* The database keeps the minute-granularity too, so that every gateway process and loop together
+ * write a key's row at most once a minute. */
+#define KEY_TOUCH_SQL                                             \
+    "UPDATE api_keys SET last_used_at = now() WHERE prefix = $1 " \
+    "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
+
+void gw_key_touch(gw_loop_t *loop, const char *org_id, const char *prefix)
+{
+    const char *params[] = {prefix};
+    int rc;
+
+    if (!keycache_touch_due(loop->gw->keys, prefix, svc_now_ms(), GW_KEY_TOUCH_INTERVAL_MS))
+        return;
+    rc = db_pool_query_as(loop->pool, org_id, KEY_TOUCH_SQL, 1, params, key_touched, NULL,
+                          GW_DB_TIMEOUT_MS);
+    if (rc < 0)
+        log_warn("cannot record an API key's last use: %s", strerror(-rc));
 }

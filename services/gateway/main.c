@@ -35,6 +35,9 @@ static const svc_conf_entry_t gw_conf_table[] = {
      "server-side secret that API key hashes are keyed with (required)", SVC_CONF_SECRET, 0, 0},
     {SVC_CONF_INT, "key_cache_ttl_ms", "30000", OFF(key_cache_ttl_ms),
      "how long an API key lookup is cached (a revoked key works at most this long)", 0, 0, 3600000},
+    {SVC_CONF_INT, "key_cache_stale_ms", "600000", OFF(key_cache_stale_ms),
+     "while PostgreSQL is unreachable, API keys checked within this long keep working (0: none)", 0,
+     0, 86400000},
     {SVC_CONF_INT, "max_batch", "1000", OFF(max_batch), "most readings in one request", 0, 1,
      100000},
     {SVC_CONF_INT, "max_body_bytes", "1048576", OFF(max_body_bytes),
@@ -240,7 +243,7 @@ int main(int argc, char **argv)
     if (gw_auth_init(&gw) < 0)
         goto out;
     if (gw_metrics_init(&gw.metrics, svc_metrics_default()) < 0 ||
-        gw_keycache_new(gw.cfg.key_cache_ttl_ms, 100000, &gw.keys) < 0 ||
+        gw_keycache_new(gw.cfg.key_cache_ttl_ms, gw.cfg.key_cache_stale_ms, 100000, &gw.keys) < 0 ||
         gw_ratelimit_new(&gw.ratelimit) < 0 || cors_parse(&gw) < 0) {
         log_error("out of memory");
         goto out;

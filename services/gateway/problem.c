@@ -35,6 +35,8 @@ static const struct {
     {"invalid-reference", "Invalid reference"},
     {"rate-limited", "Too many requests"},
     {"idempotency-conflict", "Idempotency key reused with another request"},
+    {"idempotency-in-progress", "A request with this idempotency key is in progress"},
+    {"invalid-header", "Invalid header field"},
 };
 
 void gw_problem_set(gw_problem_t *p, int status, const char *slug, const char *fmt, ...)

@@ -175,8 +175,9 @@ void gw_cors_headers(gw_req_t *r)
         if (strcmp(*origins, "*") == 0 || strcmp(*origins, origin) == 0) {
             /* The origin itself rather than "*", so that credentials (Authorization) work. */
             gw_req_header(r, "Access-Control-Allow-Origin", origin);
-            gw_req_header(r, "Access-Control-Expose-Headers",
-                          "X-Request-Id, Retry-After, Location, WWW-Authenticate");
+            gw_req_header(
+                r, "Access-Control-Expose-Headers",
+                "X-Request-Id, Retry-After, Location, WWW-Authenticate, Idempotent-Replayed");
             break;
         }
     }

@@ -50,42 +50,28 @@ typedef struct auth_op {
     char refresh_id[37];
 } auth_op_t;
 
-static const char sql_register[] =
-    "WITH o AS (INSERT INTO organizations (slug, name) VALUES ($1, $1) RETURNING id), "
-    "u AS (INSERT INTO users (email, name, password_hash) VALUES ($2, $3, $4) RETURNING id), "
-    "m AS (INSERT INTO memberships (user_id, org_id, role) SELECT u.id, o.id, 'admin' FROM u, o) "
-    "SELECT u.id, o.id FROM u, o";
+/* The gateway's database role is bound by row-level security (sql/0009_rls.sql): what happens
+ * before the caller's organization is known goes through SECURITY DEFINER functions that each do
+ * one narrow thing. Registering makes the organization, the user, their admin membership and the
+ * audit row in one statement (one transaction). */
+static const char sql_register[] = "SELECT user_id, org_id FROM sb_register($1, $2, $3, $4, $5)";
 
 /* The person and one membership: the requested organization's, else the oldest. */
 static const char sql_user[] =
-    "SELECT u.id, u.password_hash, m.org_id, m.role FROM users u LEFT JOIN LATERAL ("
-    "SELECT m.org_id, m.role FROM memberships m JOIN organizations o ON o.id = m.org_id "
-    "WHERE m.user_id = u.id AND ($2::text IS NULL OR o.slug = $2) "
-    "ORDER BY m.created_at, m.org_id LIMIT 1) m ON true WHERE lower(u.email) = lower($1)";
+    "SELECT user_id, password_hash, org_id, role FROM sb_login_lookup($1, $2)";
 
-static const char sql_refresh_insert[] =
-    "INSERT INTO refresh_tokens (user_id, org_id, token_hash, family_id, expires_at) "
-    "VALUES ($1, $2, $3, gen_random_uuid(), now() + make_interval(secs => $4::float8))";
+/* Stored only while the membership exists: false when it went away since the lookup. */
+static const char sql_refresh_insert[] = "SELECT sb_refresh_issue($1, $2, $3, $4::float8)";
 
 /* One statement, so one snapshot: either the token is live and is rotated (its membership must
  * still exist), or it was already revoked and its family is revoked (reuse), never both. */
 static const char sql_refresh_rotate[] =
-    "WITH rot AS (UPDATE refresh_tokens t SET revoked_at = now(), replaced_by = $2::uuid "
-    "FROM memberships m WHERE t.token_hash = $1 AND t.revoked_at IS NULL "
-    "AND t.expires_at > now() AND m.user_id = t.user_id AND m.org_id = t.org_id "
-    "RETURNING t.user_id, t.org_id, t.family_id, m.role), "
-    "ins AS (INSERT INTO refresh_tokens (id, user_id, org_id, token_hash, family_id, expires_at) "
-    "SELECT $2::uuid, user_id, org_id, $3, family_id, now() + make_interval(secs => $4::float8) "
-    "FROM rot), "
-    "reuse AS (UPDATE refresh_tokens SET revoked_at = now() WHERE revoked_at IS NULL "
-    "AND family_id IN (SELECT family_id FROM refresh_tokens WHERE token_hash = $1 "
-    "AND revoked_at IS NOT NULL) RETURNING user_id) "
-    "SELECT rot.user_id, rot.org_id, rot.role, (SELECT min(user_id::text) FROM reuse) "
-    "FROM (VALUES (1)) v LEFT JOIN rot ON true";
+    "SELECT user_id, org_id, role, reused_by FROM sb_refresh_rotate($1, $2::uuid, $3, $4::float8)";
 
-static const char sql_logout[] = "UPDATE refresh_tokens SET revoked_at = now() "
-                                 "WHERE token_hash = $1 AND revoked_at IS NULL RETURNING user_id";
+/* The revoked token's user, or NULL when it was not live. */
+static const char sql_logout[] = "SELECT sb_refresh_revoke($1)";
 
+/* Runs as the token's organization (RLS): its user and membership must be visible to it. */
 static const char sql_me[] =
     "SELECT u.email, u.name, o.slug FROM users u JOIN memberships m ON m.user_id = u.id "
     "JOIN organizations o ON o.id = m.org_id WHERE u.id = $1 AND m.org_id = $2";
@@ -204,6 +190,17 @@ static int op_query(auth_op_t *op, const char *sql, int n, const char *const *pa
     return rc;
 }
 
+/* Like op_query(), as organization @org_id (app.org_id set for row-level security). */
+static int op_query_as(auth_op_t *op, const char *org_id, const char *sql, int n,
+                       const char *const *params, db_pool_cb cb)
+{
+    int rc = db_pool_query_as(op->loop->pool, org_id, sql, n, params, cb, op, AUTH_DB_TIMEOUT_MS);
+
+    if (rc < 0)
+        op_db_failed(op, rc == -EINVAL ? -EIO : rc, NULL);
+    return rc;
+}
+
 static int op_password(auth_op_t *op, const char *password, const char *phc, gw_pwpool_cb cb)
 {
     int rc = gw_pwpool_submit(op->loop->gw->pwpool, op->loop->base, password, phc, cb, op);
@@ -281,7 +278,7 @@ static void register_done(int err, PGresult *res, void *arg)
 static void register_hashed(int rc, char *phc, void *arg)
 {
     auth_op_t *op = arg;
-    const char *params[4];
+    const char *params[5];
 
     if (rc < 0) {
         gw_req_enter(op->r);
@@ -300,7 +297,8 @@ static void register_hashed(int rc, char *phc, void *arg)
     params[1] = op->email;
     params[2] = op->name;
     params[3] = phc;
-    op_query(op, sql_register, 4, params, register_done);
+    params[4] = op->r->request_id;
+    op_query(op, sql_register, 5, params, register_done);
     free(phc);
 }
 
@@ -346,10 +344,15 @@ static void token_stored(int err, PGresult *res, void *arg)
 {
     auth_op_t *op = arg;
 
-    if (err < 0)
+    if (err < 0) {
         op_db_failed(op, err, res);
-    else
+    } else if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+        gw_req_enter(op->r);
+        log_info("sign-in refused: user_id=%s left org_id=%s meanwhile", op->user_id, op->org_id);
+        op_fail(op, 403, "forbidden", "you are no longer a member of this organization");
+    } else {
         op_reply_pair(op);
+    }
     PQclear(res);
 }
 
@@ -588,7 +591,7 @@ static void me_handle(gw_req_t *r)
     auth_jwt_verified_free(claims);
     params[0] = op->user_id;
     params[1] = op->org_id;
-    op_query(op, sql_me, 2, params, me_done);
+    op_query_as(op, op->org_id, sql_me, 2, params, me_done);
 }
 
 /* ---- POST /auth/refresh and /auth/logout ---------------------------------------------------- */
@@ -669,7 +672,7 @@ static void logout_done(int err, PGresult *res, void *arg)
     if (err < 0) {
         op_db_failed(op, err, res);
     } else {
-        if (PQntuples(res) == 1) {
+        if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
             gw_req_enter(op->r);
             log_info("user_id=%s signed out", PQgetvalue(res, 0, 0));
         }
