@@ -33,8 +33,11 @@
 #include "svc_log.h"
 #include "svc_util.h"
 
-#define DASH_MINUTES      60
-#define DASH_CACHE_MS     2000
+#define DASH_MINUTES  60
+#define DASH_CACHE_MS 2000
+/* While PostgreSQL cannot be reached (and Redis cannot stand in for it), the last answer is
+ * served for up to this long, with an Age header, rather than a 503. */
+#define DASH_STALE_MS     600000
 #define DASH_CACHE_SLOTS  64
 #define DASH_REDIS_MS     250 /* past this, PostgreSQL answers instead */
 #define DASH_MAX_PROJECTS 32  /* more projects in scope: PostgreSQL, rather than 3 commands each */
@@ -104,15 +107,33 @@ static dash_slot_t *dash_cache(void)
     return slots;
 }
 
-static const dash_slot_t *dash_cache_get(const char *key)
+static const dash_slot_t *dash_cache_get(const char *key, int64_t max_age_ms)
 {
     dash_slot_t *slots = dash_cache();
     int64_t now = svc_now_ms();
 
     for (size_t i = 0; slots && i < DASH_CACHE_SLOTS; i++)
-        if (slots[i].body && now - slots[i].at_ms < DASH_CACHE_MS && strcmp(slots[i].key, key) == 0)
+        if (slots[i].body && now - slots[i].at_ms < max_age_ms && strcmp(slots[i].key, key) == 0)
             return &slots[i];
     return NULL;
+}
+
+/* A query failed: when the database is unreachable (not the request's fault) and this loop
+ * answered the same question recently, answer that again with its Age, and return true. */
+static bool dash_stale_reply(gw_op_t *op, const char *cache_key, int err)
+{
+    const dash_slot_t *hit;
+    char age[24];
+
+    if (err != -ECONNREFUSED && err != -ETIMEDOUT && err != -ECONNRESET && err != -EAGAIN)
+        return false;
+    if (!op->r->evreq || !(hit = dash_cache_get(cache_key, DASH_STALE_MS)))
+        return false;
+    snprintf(age, sizeof(age), "%lld", (long long)((svc_now_ms() - hit->at_ms) / 1000));
+    gw_req_header(op->r, "Age", age);
+    log_info("dashboard: database unreachable; answering with the answer of %s s ago", age);
+    gw_op_reply_raw(op, 200, "application/json", hit->body, hit->len);
+    return true;
 }
 
 /* Stores @body (copied) under @key, in the slot of the same key or else the oldest. */
@@ -297,6 +318,10 @@ static void dash_pg_done(int err, PGresult *res, void *arg)
     dash_op_t *op = arg;
     json_t *rpm = NULL, *orders = NULL;
 
+    if (err < 0 && dash_stale_reply(&op->op, op->cache_key, err)) {
+        PQclear(res);
+        return;
+    }
     if (err < 0) {
         gw_op_db_failed(&op->op, err, res);
         PQclear(res);
@@ -332,13 +357,25 @@ static void dash_pg_done(int err, PGresult *res, void *arg)
     dash_reply(op, "postgresql");
 }
 
+/* gw_op_query(), except that a query the pool refuses at once (it is down) reaches @cb like one
+ * that failed later, so that @cb can answer from the stale cache. */
+static void dash_query(dash_op_t *op, const char *sql, int n, const char *const *params,
+                       db_pool_cb cb)
+{
+    int rc = db_pool_query_as(op->op.loop->pool, op->op.who.org_id, sql, n, params, cb, op,
+                              GW_DB_TIMEOUT_MS);
+
+    if (rc < 0)
+        cb(rc == -EINVAL ? -EIO : rc, NULL, op);
+}
+
 static void dash_from_pg(dash_op_t *op)
 {
     char first[24];
     const char *params[3] = {op->op.who.org_id, dash_project_param(op), first};
 
     snprintf(first, sizeof(first), "%lld", (long long)(op->minute - DASH_MINUTES + 1));
-    gw_op_query(&op->op, sql_metrics, 3, params, dash_pg_done);
+    dash_query(op, sql_metrics, 3, params, dash_pg_done);
 }
 
 /* A Redis integer reply, or a bulk string holding one; false for anything else. */
@@ -500,6 +537,10 @@ static void dash_projects_done(int err, PGresult *res, void *arg)
     dash_op_t *op = arg;
     int n;
 
+    if (err < 0 && dash_stale_reply(&op->op, op->cache_key, err)) {
+        PQclear(res);
+        return;
+    }
     if (err < 0) {
         gw_op_db_failed(&op->op, err, res);
         PQclear(res);
@@ -537,7 +578,7 @@ void gw_dashboard_metrics(gw_req_t *r)
     if (dash_begin(r, &who, &project) < 0)
         return;
     snprintf(cache_key, sizeof(cache_key), "%s/%s", who.org_id, project ? project : "*");
-    if ((hit = dash_cache_get(cache_key))) {
+    if ((hit = dash_cache_get(cache_key, DASH_CACHE_MS))) {
         gw_reply(r, 200, "application/json", hit->body, hit->len);
         return;
     }
@@ -561,7 +602,7 @@ void gw_dashboard_metrics(gw_req_t *r)
     } else {
         const char *params[2] = {who.org_id, project};
 
-        gw_op_query(&op->op, sql_projects, 2, params, dash_projects_done);
+        dash_query(op, sql_projects, 2, params, dash_projects_done);
     }
 }
 

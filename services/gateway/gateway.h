@@ -557,6 +557,9 @@ struct gw_op {
 void *gw_op_new(gw_req_t *r, const gw_principal_t *who, size_t size);
 /** Answers @status with @doc (stolen) and frees @op. */
 void gw_op_reply_json(gw_op_t *op, int status, json_t *doc);
+/** Answers @status with @len bytes of @body (copied) and frees @op. */
+void gw_op_reply_raw(gw_op_t *op, int status, const char *content_type, const char *body,
+                     size_t len);
 /** Answers with @status and no body (204) and frees @op. */
 void gw_op_reply_empty(gw_op_t *op, int status);
 /** Answers a problem and frees @op. */

@@ -46,6 +46,13 @@ void gw_op_reply_json(gw_op_t *op, int status, json_t *doc)
     op_free(op);
 }
 
+void gw_op_reply_raw(gw_op_t *op, int status, const char *content_type, const char *body,
+                     size_t len)
+{
+    gw_reply(op->r, status, content_type, body, len);
+    op_free(op);
+}
+
 void gw_op_reply_empty(gw_op_t *op, int status)
 {
     gw_reply(op->r, status, NULL, "", 0);
