@@ -72,6 +72,7 @@ typedef struct dash_slot {
     int64_t at_ms;
     char *body;
     size_t len;
+    bool refreshing; /* a request is computing the next answer: others get this one meanwhile */
 } dash_slot_t;
 
 static pthread_key_t dash_cache_key;
@@ -136,6 +137,17 @@ static bool dash_stale_reply(gw_op_t *op, const char *cache_key, int err)
     return true;
 }
 
+/* The slot of @key, whatever its age, or NULL. */
+static dash_slot_t *dash_cache_slot(const char *key)
+{
+    dash_slot_t *slots = dash_cache();
+
+    for (size_t i = 0; slots && i < DASH_CACHE_SLOTS; i++)
+        if (slots[i].body && strcmp(slots[i].key, key) == 0)
+            return &slots[i];
+    return NULL;
+}
+
 /* Stores @body (copied) under @key, in the slot of the same key or else the oldest. */
 static void dash_cache_put(const char *key, const char *body, size_t len)
 {
@@ -158,6 +170,7 @@ static void dash_cache_put(const char *key, const char *body, size_t len)
                 slot = &slots[i];
     }
     free(slot->body);
+    slot->refreshing = false;
     snprintf(slot->key, sizeof(slot->key), "%s", key);
     slot->at_ms = svc_now_ms();
     slot->body = copy;
@@ -226,12 +239,18 @@ struct dash_op {
     size_t nsent;      /* commands sent */
     size_t pending;    /* of those, the ones whose reply is still due */
     bool redis_failed; /* an error, or aggregates missing: PostgreSQL answers */
+    bool refreshing;   /* this op computes the successor of an expired cached answer */
     dash_totals_t t;
 };
 
 static void dash_cleanup(gw_op_t *gop)
 {
     dash_op_t *op = (dash_op_t *)gop;
+    dash_slot_t *slot = op->refreshing ? dash_cache_slot(op->cache_key) : NULL;
+
+    /* Failed or done: either way the next request may compute again. */
+    if (slot)
+        slot->refreshing = false;
 
     free(op->projects);
     free(op->cmds);
@@ -572,6 +591,7 @@ void gw_dashboard_metrics(gw_req_t *r)
     gw_principal_t who;
     const char *project;
     const dash_slot_t *hit;
+    dash_slot_t *stale;
     char cache_key[80];
     dash_op_t *op;
 
@@ -582,8 +602,19 @@ void gw_dashboard_metrics(gw_req_t *r)
         gw_reply(r, 200, "application/json", hit->body, hit->len);
         return;
     }
+    /* Expired, and another request is computing its successor: rather than every request of a
+     * busy dashboard querying at once, the others get the previous answer meanwhile. */
+    stale = dash_cache_slot(cache_key);
+    if (stale && stale->refreshing && svc_now_ms() - stale->at_ms < DASH_STALE_MS) {
+        gw_reply(r, 200, "application/json", stale->body, stale->len);
+        return;
+    }
     if (!(op = gw_op_new(r, &who, sizeof(*op))))
         return;
+    if (stale) {
+        stale->refreshing = true;
+        op->refreshing = true;
+    }
     op->op.cleanup = dash_cleanup;
     snprintf(op->project, sizeof(op->project), "%s", project ? project : "");
     memcpy(op->cache_key, cache_key, sizeof(cache_key));
