@@ -84,7 +84,10 @@ static int db_fail(db_t *db, PGresult *res)
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     int r;
 
-    if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD || (state && !strncmp(state, "08", 2)) ||
+    /* An error without a SQLSTATE comes from libpq itself, not the server: the connection is
+     * broken ("server closed the connection unexpectedly") even when PQstatus() still says OK,
+     * which it can after a failed send; keeping it would fail every later statement. */
+    if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD || !state || !strncmp(state, "08", 2) ||
         (state && (!strcmp(state, "57P01") || !strcmp(state, "57P02") || !strcmp(state, "57P03"))))
         r = -ECONNRESET;
     else if (state && (!strncmp(state, "40", 2) || !strncmp(state, "53", 2) ||

@@ -74,6 +74,23 @@ static const char *scope_name(unsigned scope)
     return scope == GW_SCOPE_INGEST ? "ingest" : scope == GW_SCOPE_ORDERS ? "orders" : "read";
 }
 
+/* One line per second per thread at most: during an outage every request would log one. */
+static void auth_db_warn(const char *what, int rc, db_t *db)
+{
+    static _Thread_local int64_t last_ms, suppressed;
+    int64_t now = svc_now_ms();
+
+    if (last_ms && now - last_ms < 1000) {
+        suppressed++;
+        return;
+    }
+    log_warn("%s failed: %s (%s)%s", what, strerror(-rc),
+             db_errmsg(db)[0] ? db_errmsg(db) : "no connection",
+             suppressed ? "; more failures since the last report were not logged" : "");
+    last_ms = now;
+    suppressed = 0;
+}
+
 /* ---- API keys ------------------------------------------------------------------------------- */
 
 static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *ret,
@@ -104,8 +121,7 @@ static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *
             rc = gw_key_fetch(db, prefix, &key);
         if (rc < 0) {
             gw_loop_db_failed(r->loop);
-            log_warn("API key lookup failed: %s",
-                     db_errmsg(r->loop->db)[0] ? db_errmsg(r->loop->db) : strerror(-rc));
+            auth_db_warn("API key lookup", rc, r->loop->db);
             /* Ingest does not need PostgreSQL: a key the database vouched for recently keeps
              * working through an outage (a revocation made meanwhile waits for it to end). */
             if (!gw_keycache_get_stale(gw->keys, prefix, svc_now_ms(),
