@@ -65,6 +65,10 @@ int contract_reading_validate(const json_t *doc, contract_reading_t *ret_reading
  */
 int contract_parse_rfc3339(const char *s, int64_t *ret_us);
 
+/** Copies the @len bytes at @v into @out lower-cased and NUL-terminated when they are a UUID
+ *  written 8-4-4-4-12 in hex of either case; false (and @out unspecified) otherwise. */
+bool contract_uuid_copy(const void *v, size_t len, char out[37]);
+
 /** Formats @us as "YYYY-MM-DDTHH:MM:SS.ffffffZ" into @buf (at least 28 bytes). */
 void contract_format_rfc3339(int64_t us, char *buf, size_t size);
 

@@ -5,8 +5,7 @@
 
 #include "contract.h"
 
-/* Copies a header holding a UUID, lower-cased; false unless it is exactly 8-4-4-4-12 hex. */
-static bool uuid_copy(const void *v, size_t len, char out[37])
+bool contract_uuid_copy(const void *v, size_t len, char out[37])
 {
     const char *s = v;
 
@@ -32,7 +31,7 @@ static int header_uuid(const char *name, const void *v, size_t len, char out[37]
         snprintf(reason, reason_size, "missing header %s", name);
         return -EINVAL;
     }
-    if (!uuid_copy(v, len, out)) {
+    if (!contract_uuid_copy(v, len, out)) {
         snprintf(reason, reason_size, "header %s is not a UUID", name);
         return -EINVAL;
     }

@@ -29,7 +29,6 @@ static const struct {
     {"unavailable", "Service unavailable"},
     {"too-many-connections", "Too many connections"},
     {"internal-error", "Internal server error"},
-    {"not-implemented", "Not implemented"},
     {"invalid-parameter", "Invalid query parameter"},
     {"invalid-cursor", "Invalid cursor"},
     {"invalid-reference", "Invalid reference"},

@@ -15,24 +15,6 @@
 /* Integers above 2^53 are not exact in the double jansson decodes them to. */
 #define ORDER_INT_EXACT 9007199254740992.0
 
-/* Copies a UUID written 8-4-4-4-12 in hex of either case, lower-cased. */
-static bool uuid_copy(const char *s, size_t len, char out[37])
-{
-    if (!s || len != 36)
-        return false;
-    for (size_t i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        char c = s[i];
-        bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-
-        if (dash ? c != '-' : !hex)
-            return false;
-        out[i] = (char)(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
-    }
-    out[36] = '\0';
-    return true;
-}
-
 /* Characters (code points) of a valid UTF-8 string, and whether it holds a control character. */
 static size_t utf8_chars(const char *s, bool *ret_control)
 {
@@ -60,7 +42,7 @@ static int get_uuid(json_t *obj, const char *key, const char *where, char out[37
     json_t *v = json_object_get(obj, key);
     if (!v)
         FAIL("missing %s%s", where, key);
-    if (!json_is_string(v) || !uuid_copy(json_string_value(v), json_string_length(v), out))
+    if (!json_is_string(v) || !contract_uuid_copy(json_string_value(v), json_string_length(v), out))
         FAIL("%s%s must be a UUID", where, key);
     return 0;
 }
@@ -230,7 +212,7 @@ int order_event_id(const char *command_id, int64_t seq, char out[37])
     unsigned int mdlen = 0;
     char lower[37];
 
-    if (!command_id || !uuid_copy(command_id, strlen(command_id), lower))
+    if (!command_id || !contract_uuid_copy(command_id, strlen(command_id), lower))
         return -EINVAL;
     for (size_t i = 0, j = 0; i < 16; i++, j += 2) {
         if (lower[j] == '-')
