@@ -628,8 +628,12 @@ int gw_loop_db(gw_loop_t *loop, db_t **ret_db)
 
 void gw_loop_db_failed(gw_loop_t *loop)
 {
-    if (!db_connected(loop->db))
-        loop->db_retry_at_ms = svc_now_ms() + DB_RETRY_MS;
+    int64_t now = svc_now_ms();
+
+    /* Starts a back-off only when none is running: a failure answered from inside the window
+     * must not extend it, or a steady stream of requests would never let a reconnect happen. */
+    if (!db_connected(loop->db) && now >= loop->db_retry_at_ms)
+        loop->db_retry_at_ms = now + DB_RETRY_MS;
 }
 
 static void accept_resume(evutil_socket_t fd, short what, void *arg)
