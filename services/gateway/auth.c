@@ -119,6 +119,10 @@ static int auth_key(gw_req_t *r, const char *token, size_t len, gw_principal_t *
         rc = gw_loop_db(r->loop, &db);
         if (rc == 0)
             rc = gw_key_fetch(db, prefix, &key);
+        /* A connection the server closed while it sat idle (PostgreSQL restarted) fails its
+         * next statement: the lookup only reads, so it is tried once more on a new one. */
+        if (rc == -ECONNRESET && gw_loop_db(r->loop, &db) == 0)
+            rc = gw_key_fetch(db, prefix, &key);
         if (rc < 0) {
             gw_loop_db_failed(r->loop);
             auth_db_warn("API key lookup", rc, r->loop->db);

@@ -179,6 +179,9 @@ static int ingest_caller(gw_req_t *r, gw_principal_t *who)
         rc = gw_loop_db(r->loop, &db);
         if (rc == 0)
             rc = gw_project_fetch(db, project_id, &proj);
+        /* As for API keys (auth.c): once more after a connection the server closed. */
+        if (rc == -ECONNRESET && gw_loop_db(r->loop, &db) == 0)
+            rc = gw_project_fetch(db, project_id, &proj);
         if (rc < 0) {
             gw_loop_db_failed(r->loop);
             log_warn("project lookup failed: %s",
